@@ -1,0 +1,1 @@
+"""The graph IR: tensor types with symbolic dims, nodes and graphs."""

@@ -1,0 +1,17 @@
+"""The op registry: importing this package registers every op definition."""
+from __future__ import annotations
+
+from ..errors import SpecError
+from . import conv, elementwise, structural  # noqa: F401  (registration)
+from .base import Op, registry
+
+
+def get_op(name: str) -> Op:
+    try:
+        return registry()[name]
+    except KeyError:
+        raise SpecError(f"unknown op '{name}'") from None
+
+
+def op_names() -> list[str]:
+    return sorted(registry())

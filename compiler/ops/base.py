@@ -1,0 +1,172 @@
+"""The op contract: one op is one class holding everything about it.
+
+An op subclass declares
+  * `name`, and `Attrs`: the pydantic model of its YAML attributes (validated per instance),
+  * `arity`: (min, max) number of inputs (max None = variadic),
+  * `fusion`: its fusion class (elementwise | injective | reduction | out_fusable | opaque),
+  * `infer(a, ins) -> [TensorType]`: output types (raise `ShapeError` on a mismatch),
+  * `params(a, ins) -> {name: ParamSpec}`: parameters/buffers, named as torch names them,
+  * `cost(a, ins, outs) -> Cost`: FLOPs (2 per multiply-add, the FlopCounterMode convention:
+    only matmul/conv/attention-class work counts) and activation bytes,
+  * `to_torch(a, ins, m, node) -> TorchCode`: the module constructor and forward expression,
+  * `to_onnx(a, ins, b, node) -> [output names]`: ONNX nodes, emitted through the target's builder,
+  * optionally `to_trt` (a TensorRT-specific ONNX form) and `trt_support(a, ins)` for the lint.
+Families of similar ops are one table-driven class. `tests/test_registry.py` checks every op has
+every member. Nothing here imports torch or onnx.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import ShapeError
+from ..ir.dims import TensorType
+
+FUSION_CLASSES = ("elementwise", "injective", "reduction", "out_fusable", "opaque")
+
+
+class Attrs(BaseModel):
+    """Base of op attribute models: unknown attributes are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoAttrs(Attrs):
+    pass
+
+
+@dataclass
+class Cost:
+    flops: int = 0  # 2 x multiply-adds of matmul/conv/attention work
+    act_bytes: int = 0  # bytes of the outputs
+    saved_bytes: int | None = None  # bytes kept for backward (None = inputs' bytes)
+
+
+@dataclass
+class TorchCode:
+    """How a node appears in generated PyTorch code.
+
+    `init` is the right-hand side of `self.<name> = ...` in `__init__` (None for functional ops);
+    `expr` is the forward expression over the input variable names (a tuple for multi-output ops);
+    `helpers` names snippets of the op's `torch_snippets` the file needs; `stmts` are statements
+    emitted before the line that binds `expr` (loops, for scan).
+    """
+
+    expr: str
+    init: str | None = None
+    helpers: tuple = ()
+    stmts: list = field(default_factory=list)
+
+
+@dataclass
+class Support:
+    """Whether a target runs an op as written, why not, and what to use instead."""
+
+    ok: bool = True
+    why: str = ""
+    alternatives: list = field(default_factory=list)
+
+
+class Op:
+    name: ClassVar[str]
+    Attrs: ClassVar[type[Attrs]] = NoAttrs
+    arity: ClassVar[tuple] = (1, 1)
+    fusion: ClassVar[str] = "opaque"
+    train_dependent: ClassVar[bool] = False  # behaves differently in train and eval
+    # Code a generated torch file needs for this op (helper classes/functions), by name; a
+    # `TorchCode.helpers` entry names one. Plain torch, so generated files stay standalone.
+    torch_snippets: ClassVar[dict] = {}
+    doc: ClassVar[str] = ""
+
+    def outputs(self, a) -> list[str]:
+        """Names of the outputs (referenced in specs as `node.name`)."""
+        return ["out"]
+
+    def infer(self, a, ins: list[TensorType]) -> list[TensorType]:
+        raise NotImplementedError(f"op {self.name} has no shape inference")
+
+    def params(self, a, ins: list[TensorType]) -> dict:
+        return {}
+
+    def cost(self, a, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+        return Cost()
+
+    def to_torch(self, a, ins: list[str], m: str, node) -> TorchCode:
+        raise NotImplementedError(f"op {self.name} has no torch lowering")
+
+    def to_onnx(self, a, ins: list[str], b, node) -> list[str]:
+        raise NotImplementedError(f"op {self.name} has no ONNX lowering")
+
+    def trt_support(self, a, ins: list[TensorType]) -> Support:
+        return Support()
+
+    def to_trt(self, a, ins: list[str], b, node) -> list[str]:
+        """ONNX form fed to TensorRT; the plain ONNX lowering unless an op overrides it."""
+        return self.to_onnx(a, ins, b, node)
+
+
+_REGISTRY: dict[str, Op] = {}
+
+
+def register(cls):
+    """Class decorator: instantiate and register an op (or every name of a table-driven family)."""
+    names = getattr(cls, "names", None) or [cls.name]
+    for nm in names:
+        inst = cls()
+        inst.name = nm
+        if nm in _REGISTRY:
+            raise RuntimeError(f"op '{nm}' registered twice")
+        _REGISTRY[nm] = inst
+    return cls
+
+
+def registry() -> dict[str, Op]:
+    return _REGISTRY
+
+
+# -- small helpers shared by op definitions ---------------------------------------------------
+def expect(cond: bool, message: str, expected: str | None = None) -> None:
+    if not cond:
+        raise ShapeError(message, expected=expected)
+
+
+def same_dim(a, b) -> bool:
+    return a == b or str(a) == str(b)
+
+
+def broadcast(shapes: list[tuple]) -> tuple:
+    """numpy broadcasting over possibly symbolic dims."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = [s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0]
+        non1 = [d for d in dims if d != 1]
+        if not non1:
+            out.append(1)
+            continue
+        first = non1[0]
+        for d in non1[1:]:
+            if not same_dim(d, first):
+                raise ShapeError(f"shapes {', '.join(str(list(s)) for s in shapes)} do not broadcast",
+                                 expected=f"equal sizes or 1 at axis {i - rank}")
+        out.append(first)
+    return tuple(out)
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise ShapeError(f"axis {axis} is out of range for rank {rank}", expected=f"-{rank} <= axis < {rank}")
+    return axis % rank
+
+
+def pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
+def fmt_args(*pos, **kw) -> str:
+    """Render constructor arguments deterministically: positional, then keywords not at default."""
+    parts = [repr(p) for p in pos]
+    parts += [f"{k}={v!r}" for k, v in kw.items()]
+    return ", ".join(parts)

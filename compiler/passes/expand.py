@@ -1,0 +1,387 @@
+"""The `expand` pass: spec -> graph IR.
+
+Rules, applied to each graph of the spec (the main `inputs/nodes/outputs` is graph `forward`,
+each entry of `graphs:` another):
+  1. `${...}` expressions are evaluated with the names in scope: params, block args, repeat index `i`.
+  2. `when: false` drops a node.
+  3. `{op: ...}` becomes one node; its attributes are validated by the op's `Attrs` model.
+  4. `{block: B, repeat: k}` inlines k instances of block B, chained (outputs of instance j feed
+     instance j+1); node ids are `name.j.local` and each node records its block scope, so code
+     generation can rebuild the module hierarchy.
+  5. `{scan: B, over/carry/const}` becomes one `scan` node whose body is block B as a nested graph.
+Errors are collected (a failed node poisons its name so one mistake is reported once) and raised
+together. Sizes are bounded: `repeat` and the total node count.
+
+    before:  layer1: {block: bottleneck, repeat: 2, args: {planes: 64}}
+    after:   %layer1.0.conv1 = conv2d(%x) ...   %layer1.1.conv1 = conv2d(%layer1.0.relu3) ...
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from ..errors import Frame, Location, NnspecError, SpecError, SpecErrors
+from ..ir.dims import TensorType
+from ..ir.graph import Graph, Instance, Node, Scope
+from ..ops import registry
+from ..spec.expr import ExprError, evaluate
+from ..spec.load import LoadedSpec
+from ..spec.models import BLOCK_NODE_KEYS, COMMON_NODE_KEYS, SCAN_NODE_KEYS, ArgSpec
+
+MAX_NODES = 200_000
+MAX_REPEAT = 100_000
+MAX_BLOCK_DEPTH = 32
+
+
+class _Poison:
+    """Stands for the outputs of a node that failed; uses of it fail silently (already reported)."""
+
+
+POISON = _Poison()
+
+
+@dataclass
+class Binding:
+    refs: list  # [(node_id, port)]
+    names: list  # output names, parallel to refs
+
+
+@dataclass
+class Ctx:
+    path: tuple  # YAML path of the node mapping being expanded (for locations)
+    prefix: str  # node id prefix ("" at the root, "layer1.0." inside an instance)
+    scope: tuple
+    chain: list
+    names: dict  # expression names
+    env: dict  # value name -> Binding | POISON
+    depth: int = 0
+    last: str | None = None  # the previous value: the input of a node that omits `in`
+
+
+class _Skip(Exception):
+    pass
+
+
+class Expander:
+    def __init__(self, spec: LoadedSpec):
+        self.spec = spec
+        self.errors: list[NnspecError] = []
+        self.count = 0
+
+    # -- helpers ------------------------------------------------------------------------------
+    def loc(self, path: tuple, key: bool = False) -> Location | None:
+        return self.spec.loc(path, key)
+
+    def fail(self, msg: str, path: tuple, ctx: Ctx | None, key: bool = False, **kw) -> None:
+        err = SpecError(msg, self.loc(path, key), chain=list(ctx.chain) if ctx else [], **kw)
+        self.errors.append(err)
+        raise _Skip
+
+    def ev(self, value, path: tuple, ctx: Ctx):
+        try:
+            return evaluate(value, ctx.names)
+        except ExprError as e:
+            self.fail(str(e), path, ctx)
+
+    def resolve(self, ref, path: tuple, ctx: Ctx):
+        ref = self.ev(ref, path, ctx)
+        if not isinstance(ref, str):
+            self.fail(f"input reference must be a name, got {ref!r}", path, ctx, expected="a node or input name")
+        name, _, sub = ref.partition(".")
+        if name not in ctx.env:
+            close = difflib.get_close_matches(name, list(ctx.env), n=3)
+            self.fail(f"unknown name '{name}'", path, ctx, expected=f"one of: {', '.join(ctx.env) or '(nothing yet)'}"
+                      if not close else None, hint=f"did you mean {', '.join(close)}?" if close else
+                      "a node can only use inputs and nodes defined before it")
+        b = ctx.env[name]
+        if b is POISON:
+            raise _Skip
+        if not sub:
+            return b.refs[0]
+        if sub in b.names:
+            return b.refs[b.names.index(sub)]
+        if sub.isdigit() and int(sub) < len(b.refs):
+            return b.refs[int(sub)]
+        self.fail(f"'{name}' has no output '{sub}'", path, ctx, expected=f"one of: {', '.join(b.names)}")
+
+    def refs(self, raw, path: tuple, ctx: Ctx, implicit: int = 0) -> list:
+        if raw is None:
+            # Like nn.Sequential: a node without `in` reads the value defined just before it.
+            return [self.resolve(ctx.last, path, ctx)] if implicit and ctx.last else []
+        items = raw if isinstance(raw, list) else [raw]
+        return [self.resolve(r, path + ((i,) if isinstance(raw, list) else ()), ctx) for i, r in enumerate(items)]
+
+    def bump(self, n: int, path: tuple, ctx: Ctx) -> None:
+        self.count += n
+        if self.count > MAX_NODES:
+            self.fail(f"spec expands to more than {MAX_NODES} nodes", path, ctx,
+                      expected="fewer repeats; nnspec bounds the size of expanded graphs")
+
+    # -- graphs -------------------------------------------------------------------------------
+    def graph(self, name: str, inputs: dict, nodes: dict, outputs, base: tuple) -> Graph:
+        g = Graph(name)
+        g.symbols = {k: v.model_dump() for k, v in self.spec.model.dims.items()}
+        env: dict = {}
+        for iname, ispec in inputs.items():
+            ipath = base + ("inputs", iname)
+            ctx = Ctx(ipath, "", (), [], dict(self.spec.params), env)
+            try:
+                shape = tuple(self.ev(d, ipath + ("shape", j), ctx) for j, d in enumerate(ispec.shape))
+                for j, d in enumerate(shape):
+                    if not (isinstance(d, int) and d > 0) and not (isinstance(d, str) and d.isidentifier()):
+                        self.fail(f"dim {d!r} of input '{iname}'", ipath + ("shape", j), ctx,
+                                  expected="a positive int or a symbol such as N or T")
+                rng = self.ev(ispec.range, ipath + ("range",), ctx) if ispec.range else None
+                node = Node(iname, "input", attrs=registry()["input"].Attrs(name=iname, range=rng),
+                            outputs=[TensorType(shape, ispec.dtype)], out_names=["out"],
+                            loc=self.loc(ipath, key=True))
+                g.add(node)
+                env[iname] = Binding([(iname, 0)], ["out"])
+            except _Skip:
+                env[iname] = POISON
+        ctx = Ctx(base + ("nodes",), "", (), [], dict(self.spec.params), env, last=next(iter(inputs), None))
+        self.nodes(g, nodes, ctx)
+        out_items = outputs.items() if isinstance(outputs, dict) else [(o, o) for o in outputs]
+        for oname, ref in out_items:
+            opath = base + ("outputs", oname) if isinstance(outputs, dict) else base + ("outputs",)
+            try:
+                g.outputs[oname.replace(".", "_")] = self.resolve(ref, opath, ctx)
+            except _Skip:
+                pass
+        return g
+
+    def nodes(self, g: Graph, nodes: dict, ctx: Ctx) -> None:
+        for local, raw in nodes.items():
+            path = ctx.path + (local,)
+            try:
+                if not local.isidentifier():
+                    self.fail(f"node name '{local}' is not an identifier", path, ctx, key=True,
+                              expected="letters, digits and underscores, not starting with a digit")
+                if not isinstance(raw, dict):
+                    self.fail(f"node '{local}' must be a mapping", path, ctx, expected="{op: ..., in: ...}")
+                if "when" in raw and not self.ev(raw["when"], path + ("when",), ctx):
+                    continue
+                if "op" in raw:
+                    ctx.env[local] = self.op_node(g, local, raw, path, ctx)
+                elif "block" in raw:
+                    ctx.env[local] = self.block_node(g, local, raw, path, ctx)
+                elif "scan" in raw:
+                    ctx.env[local] = self.scan_node(g, local, raw, path, ctx)
+                else:
+                    self.fail(f"node '{local}' has none of 'op', 'block', 'scan'", path, ctx, key=True,
+                              expected="an op node {op: conv2d, ...}, a block {block: name} or a scan {scan: name}")
+            except _Skip:
+                ctx.env[local] = POISON
+            ctx.last = local
+
+    # -- node kinds ---------------------------------------------------------------------------
+    def op_node(self, g: Graph, local: str, raw: dict, path: tuple, ctx: Ctx) -> Binding:
+        opname = self.ev(raw["op"], path + ("op",), ctx)
+        ops = registry()
+        if opname not in ops or opname == "input":
+            close = difflib.get_close_matches(str(opname), list(ops), n=3)
+            self.fail(f"unknown op '{opname}'", path + ("op",), ctx,
+                      hint=f"did you mean {', '.join(close)}?" if close else "`nnspec schema` lists every op",
+                      expected=None if close else f"one of: {', '.join(sorted(ops))}")
+        op = ops[opname]
+        attrs = {}
+        for k, v in raw.items():
+            if k in COMMON_NODE_KEYS:
+                continue
+            attrs[k] = self.ev(v, path + (k,), ctx)
+        try:
+            model = op.Attrs(**attrs)
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = err["loc"][0] if err["loc"] else None
+            if err["type"] == "extra_forbidden":
+                allowed = sorted(set(op.Attrs.model_fields) | COMMON_NODE_KEYS)
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                self.fail(f"op '{opname}' has no attribute '{key}'", path + (key,), ctx, key=True,
+                          expected=f"one of: {', '.join(allowed)}", hint=f"did you mean '{close[0]}'?" if close else None)
+            if err["type"] == "missing":
+                self.fail(f"op '{opname}' needs attribute '{key}'", path, ctx, key=True,
+                          expected=f"{key}: {_type_name(op.Attrs.model_fields[key].annotation)}")
+            self.fail(f"attribute '{key}' of op '{opname}': {err['msg']}", path + ((key,) if key else ()), ctx,
+                      expected=_type_name(op.Attrs.model_fields[key].annotation) if key in op.Attrs.model_fields else None)
+        ins = self.refs(raw.get("in"), path + ("in",), ctx, implicit=op.arity[0])
+        lo, hi = op.arity
+        if len(ins) < lo or (hi is not None and len(ins) > hi):
+            want = f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
+            self.fail(f"op '{opname}' takes {want} input{'s' if hi != 1 else ''}, got {len(ins)}",
+                      path + ("in",) if "in" in raw else path, ctx, key="in" not in raw, expected=f"in: with {want} names")
+        node = Node(ctx.prefix + local, opname, attrs=model, loc=self.loc(path, key=True),
+                    chain=list(ctx.chain), scope=ctx.scope, out_names=op.outputs(model))
+        if "tie" in raw:
+            tie = self.ev(raw["tie"], path + ("tie",), ctx)
+            if not isinstance(tie, dict) or not all(isinstance(v, str) and "." in v for v in tie.values()):
+                self.fail("tie must map own params to 'node.param'", path + ("tie",), ctx,
+                          expected="e.g. tie: {weight: embed.weight}")
+            node.ties = dict(tie)
+        if "share" in raw:
+            node.ties = {"*": self.ev(raw["share"], path + ("share",), ctx)}
+        if "init" in raw:
+            init = self.ev(raw["init"], path + ("init",), ctx)
+            if not isinstance(init, dict):
+                self.fail("init must map param names to initialisers", path + ("init",), ctx,
+                          expected="e.g. init: {weight: identity, bias: zeros}")
+            node.init = dict(init)
+        self.bump(1, path, ctx)
+        g.add(node)
+        for slot, (src, port) in enumerate(ins):
+            g.connect(src, port, node.id, slot)
+        names = node.out_names
+        return Binding([(node.id, i) for i in range(len(names))], names)
+
+    def _block(self, raw: dict, key: str, path: tuple, ctx: Ctx, allowed: set):
+        for k in raw:
+            if k not in allowed:
+                self.fail(f"unknown key '{k}' in a {key} node", path + (k,), ctx, key=True,
+                          expected=f"one of: {', '.join(sorted(allowed))}")
+        bname = self.ev(raw[key], path + (key,), ctx)
+        blocks = self.spec.model.blocks
+        if bname not in blocks:
+            close = difflib.get_close_matches(str(bname), list(blocks), n=3)
+            self.fail(f"unknown block '{bname}'", path + (key,), ctx,
+                      expected=f"one of: {', '.join(blocks) or '(no blocks defined)'}",
+                      hint=f"did you mean {', '.join(close)}?" if close else None)
+        if ctx.depth >= MAX_BLOCK_DEPTH:
+            self.fail(f"blocks nest deeper than {MAX_BLOCK_DEPTH} (is block '{bname}' recursive?)", path, ctx)
+        return bname, blocks[bname]
+
+    def _args(self, bname: str, block, raw_args, path: tuple, ctx: Ctx, extra: dict) -> dict:
+        names = {**ctx.names, **extra}
+        given = {k: self.ev(v, path + ("args", k), Ctx(path, "", (), ctx.chain, names, {})) for k, v in (raw_args or {}).items()}
+        out = dict(self.spec.params)
+        for k in given:
+            if k not in block.args:
+                self.fail(f"block '{bname}' has no arg '{k}'", path + ("args", k), ctx, key=True,
+                          expected=f"one of: {', '.join(block.args) or '(no args)'}")
+        for k, decl in block.args.items():
+            decl = decl if isinstance(decl, ArgSpec) else ArgSpec(type=decl)
+            if k not in given:
+                if decl.default is None:
+                    self.fail(f"block '{bname}' needs arg '{k}'", path, ctx, key=True, expected=f"args: {{{k}: <{decl.type}>}}")
+                given[k] = self.ev(decl.default, ("blocks", bname, "args", k), Ctx(path, "", (), ctx.chain, out, {}))
+            v = given[k]
+            ok = {"int": isinstance(v, int) and not isinstance(v, bool), "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+                  "bool": isinstance(v, bool), "str": isinstance(v, str), "list": isinstance(v, list), "any": True}[decl.type]
+            if not ok:
+                self.fail(f"arg '{k}' of block '{bname}' is {v!r}", path + ("args", k), ctx, expected=decl.type)
+            out[k] = v
+        return out
+
+    def _instance(self, g: Graph, bname: str, block, inputs: list, args: dict, prefix: str, scope: tuple,
+                  path: tuple, ctx: Ctx, inst: str) -> Binding:
+        in_names = [block.in_] if isinstance(block.in_, str) else list(block.in_)
+        if len(inputs) != len(in_names):
+            self.fail(f"block '{bname}' takes {len(in_names)} inputs ({', '.join(in_names)}), got {len(inputs)}",
+                      path + ("in",), ctx, key=True, expected=f"in: [{', '.join(in_names)}]")
+        env = {n: Binding([r], ["out"]) for n, r in zip(in_names, inputs)}
+        chain = ctx.chain + [Frame(bname, inst, self.loc(path, key=True))]
+        bctx = Ctx(("blocks", bname, "nodes"), prefix, scope, chain, args, env, ctx.depth + 1,
+                   last=in_names[0] if in_names else None)
+        self.nodes(g, block.nodes, bctx)
+        outs = block.out
+        items = [(outs, outs)] if isinstance(outs, str) else [(o, o) for o in outs] if isinstance(outs, list) else list(outs.items())
+        refs, names = [], []
+        for oname, ref in items:
+            refs.append(self.resolve(ref, ("blocks", bname, "out"), bctx))
+            names.append(oname.split(".")[0] if oname == ref else oname)
+        g.instances[prefix[:-1]] = Instance(bname, in_names, list(inputs), names, refs)
+        return Binding(refs, names)
+
+    def block_node(self, g: Graph, local: str, raw: dict, path: tuple, ctx: Ctx) -> Binding:
+        bname, block = self._block(raw, "block", path, ctx, BLOCK_NODE_KEYS)
+        inputs = self.refs(raw.get("in"), path + ("in",), ctx, implicit=1)
+        repeated = "repeat" in raw
+        n = self.ev(raw.get("repeat", 1), path + ("repeat",), ctx)
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_REPEAT:
+            self.fail(f"repeat is {n!r}", path + ("repeat",), ctx, expected=f"an int from 0 to {MAX_REPEAT}")
+        self.bump(n * len(block.nodes), path, ctx)
+        binding = Binding(inputs, ["out"] * len(inputs))
+        for i in range(n):
+            args = self._args(bname, block, raw.get("args"), path, ctx, {"i": i})
+            if repeated:
+                args["i"] = i
+                scope = ctx.scope + (Scope(local, "", "list"), Scope(str(i), bname))
+                prefix = f"{ctx.prefix}{local}.{i}."
+            else:
+                scope = ctx.scope + (Scope(local, bname),)
+                prefix = f"{ctx.prefix}{local}."
+            binding = self._instance(g, bname, block, binding.refs, args, prefix, scope, path, ctx, prefix[:-1])
+            if repeated and i + 1 < n and len(binding.refs) != len(inputs):
+                self.fail(f"block '{bname}' is repeated but has {len(inputs)} inputs and {len(binding.refs)} outputs",
+                          path + ("repeat",), ctx, expected="as many outputs as inputs, so instances chain")
+        return binding
+
+    def scan_node(self, g: Graph, local: str, raw: dict, path: tuple, ctx: Ctx) -> Binding:
+        bname, block = self._block(raw, "scan", path, ctx, SCAN_NODE_KEYS)
+        in_names = [block.in_] if isinstance(block.in_, str) else list(block.in_)
+        roles: dict = {}
+        for role in ("over", "carry", "const"):
+            for k in (raw.get(role) or {}):
+                if k not in in_names:
+                    self.fail(f"'{k}' is not an input of block '{bname}'", path + (role, k), ctx, key=True,
+                              expected=f"one of: {', '.join(in_names)}")
+                roles[k] = role
+        missing = [k for k in in_names if k not in roles]
+        if missing:
+            self.fail(f"scan does not feed block input(s) {', '.join(missing)}", path, ctx, key=True,
+                      expected="each block input in exactly one of over / carry / const")
+        if not raw.get("over"):
+            self.fail("scan needs at least one per-step input under 'over'", path, ctx, key=True)
+        ins = [self.resolve(raw[roles[k]][k], path + (roles[k], k), ctx) for k in in_names]
+        args = self._args(bname, block, raw.get("args"), path, ctx, {})
+        prefix = f"{ctx.prefix}{local}."
+        body = Graph(f"{prefix}body")
+        benv = {}
+        for k in in_names:
+            body.add(Node(f"{prefix}{k}", "input", attrs=registry()["input"].Attrs(name=k), out_names=["out"],
+                          loc=self.loc(("blocks", bname, "in"))))
+            benv[k] = Binding([(f"{prefix}{k}", 0)], ["out"])
+        chain = ctx.chain + [Frame(bname, prefix[:-1], self.loc(path, key=True))]
+        bctx = Ctx(("blocks", bname, "nodes"), prefix, (), chain, args, benv, ctx.depth + 1,
+                   last=in_names[0] if in_names else None)
+        self.nodes(body, block.nodes, bctx)
+        outs = block.out
+        items = [(outs, outs)] if isinstance(outs, str) else [(o, o) for o in outs] if isinstance(outs, list) else list(outs.items())
+        for oname, ref in items:
+            body.outputs[oname] = self.resolve(ref, ("blocks", bname, "out"), bctx)
+        carry = list((raw.get("carry") or {}).keys())
+        for c in carry:
+            if c not in body.outputs:
+                self.fail(f"carried state '{c}' is not an output of block '{bname}'", ("blocks", bname, "out"), ctx,
+                          expected=f"block out to include '{c}' (its value for the next step)")
+        axis = self.ev(raw.get("axis", 1), path + ("axis",), ctx)
+        reverse = self.ev(raw.get("reverse", False), path + ("reverse",), ctx)
+        attrs = registry()["scan"].Attrs(block=bname, inputs=in_names, roles=[roles[k] for k in in_names],
+                                         carry=carry, axis=axis, reverse=bool(reverse))
+        node = Node(f"{ctx.prefix}{local}", "scan", attrs=attrs, loc=self.loc(path, key=True), chain=list(ctx.chain),
+                    scope=ctx.scope, body=body)
+        node.out_names = carry + [o for o in body.outputs if o not in carry]
+        self.bump(1, path, ctx)
+        g.add(node)
+        for slot, (src, port) in enumerate(ins):
+            g.connect(src, port, node.id, slot)
+        return Binding([(node.id, i) for i in range(len(node.out_names))], node.out_names)
+
+
+def _type_name(ann) -> str:
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def expand(spec: LoadedSpec) -> dict[str, Graph]:
+    ex = Expander(spec)
+    m = spec.model
+    graphs = {"forward": ex.graph("forward", m.inputs, m.nodes, m.outputs, ())}
+    for gname, gs in m.graphs.items():
+        if gname == "forward":
+            ex.errors.append(SpecError("graph name 'forward' is taken by the main graph", spec.loc(("graphs", gname), key=True)))
+            continue
+        graphs[gname] = ex.graph(gname, gs.inputs, gs.nodes, gs.outputs, ("graphs", gname))
+    if ex.errors:
+        raise ex.errors[0] if len(ex.errors) == 1 else SpecErrors(ex.errors)
+    return graphs

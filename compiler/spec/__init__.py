@@ -1,0 +1,1 @@
+"""Spec loading: safe YAML with locations, expressions, pydantic structure models."""

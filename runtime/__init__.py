@@ -1,0 +1,1 @@
+"""nnspec runtime: the CLI, inference runners, benchmarking and deployment helpers."""

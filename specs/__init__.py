@@ -1,0 +1,1 @@
+"""The bundled spec zoo (YAML files), shipped as package data."""

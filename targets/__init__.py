@@ -1,0 +1,1 @@
+"""Lowerings of the compiler IR to PyTorch source, ONNX models and TensorRT engines."""

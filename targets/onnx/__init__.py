@@ -1,0 +1,1 @@
+"""The ONNX target: direct lowering of the IR, op by op."""

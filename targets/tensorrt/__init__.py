@@ -1,0 +1,1 @@
+"""The TensorRT target: ONNX to engines through TensorRT or TensorRT-RTX."""

@@ -1,0 +1,1 @@
+"""The PyTorch target: a readable standalone nn.Module source file per spec."""

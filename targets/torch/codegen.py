@@ -1,0 +1,299 @@
+"""PyTorch code generation: the IR -> one readable, standalone Python file.
+
+The template (`model.py.j2`) holds the frame only; each op renders its own constructor and forward
+expression (`Op.to_torch`). Every block instance becomes a submodule class (identical instances
+share one class; a `repeat` becomes an `nn.ModuleList`), a scan's body becomes a cell class called
+in a loop, and `forward` is straight-line code whose variables are the spec's node names, each line
+annotated with its type and spec location. State-dict keys equal IR node ids (`layer1.0.conv1.weight`).
+Output is deterministic: same program, same bytes.
+"""
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from nnspec.compiler.errors import LoweringError
+from nnspec.compiler.ir.graph import Graph, Node
+
+RESERVED = {"self", "torch", "nn", "F", "math"} | set(dir(builtins))
+INITIALISERS = {
+    "zeros": "nn.init.zeros_({p})",
+    "ones": "nn.init.ones_({p})",
+    "identity": "nn.init.eye_({p}) if {p}.dim() == 2 else nn.init.dirac_({p})",
+    "normal": "nn.init.normal_({p}, mean={mean}, std={std})",
+    "uniform": "nn.init.uniform_({p}, a={a}, b={b})",
+    "constant": "nn.init.constant_({p}, {value})",
+    "xavier_uniform": "nn.init.xavier_uniform_({p})",
+    "xavier_normal": "nn.init.xavier_normal_({p})",
+    "kaiming_normal": "nn.init.kaiming_normal_({p}, mode='fan_out', nonlinearity='relu')",
+    "kaiming_uniform": "nn.init.kaiming_uniform_({p}, a=math.sqrt(5))",
+    "orthogonal": "nn.init.orthogonal_({p})",
+}
+INIT_DEFAULTS = {"mean": 0.0, "std": 1.0, "a": -1.0, "b": 1.0, "value": 0.0}
+
+
+def ident(name: str) -> str:
+    name = re.sub(r"\W", "_", name)
+    if keyword.iskeyword(name) or name in RESERVED or name[0].isdigit():
+        name += "_"
+    return name
+
+
+def modpath(node_id: str) -> str:
+    """Python attribute path of a node's module from the root: layer1.0.conv1 -> layer1[0].conv1."""
+    return re.sub(r"\.(\d+)", r"[\1]", node_id)
+
+
+def camel(name: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in re.split(r"[_\W]+", name) if p) or "Block"
+
+
+def init_line(target: str, spec) -> str:
+    if isinstance(spec, str):
+        name, kw = spec, {}
+    elif isinstance(spec, dict) and len(spec) == 1:
+        name, kw = next(iter(spec.items()))
+        kw = dict(kw or {})
+    else:
+        raise LoweringError(f"bad initialiser {spec!r}", expected=f"a name or {{name: {{args}}}}; names: {', '.join(INITIALISERS)}")
+    if name not in INITIALISERS:
+        raise LoweringError(f"unknown initialiser '{name}'", expected=f"one of: {', '.join(INITIALISERS)}")
+    return INITIALISERS[name].format(p=target, **{**INIT_DEFAULTS, **kw})
+
+
+@dataclass
+class Method:
+    name: str
+    args: list
+    lines: list = field(default_factory=list)
+    ret: str = "None"
+
+
+@dataclass
+class ClassDef:
+    name: str
+    doc: str
+    init_lines: list
+    methods: list
+
+    def body(self) -> str:
+        return repr((self.doc, self.init_lines, [(m.name, m.args, m.lines, m.ret) for m in self.methods]))
+
+
+class Codegen:
+    def __init__(self, program):
+        self.program = program
+        self.classes: list[ClassDef] = []
+        self.by_body: dict[str, str] = {}
+        self.helpers: dict[str, str] = {}  # snippet name -> code, from the ops' `torch_snippets`
+
+    # -- classes ------------------------------------------------------------------------------
+    def add_class(self, base: str, cls: ClassDef) -> str:
+        key = cls.body()
+        if key in self.by_body:
+            return self.by_body[key]
+        taken = {c.name for c in self.classes}
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        cls.name = name
+        self.classes.append(cls)
+        self.by_body[key] = name
+        return name
+
+    def unit(self, graphs: list[tuple[str, Graph, list, list]], depth: int, doc: str) -> tuple[list, list]:
+        """Init lines and methods of one class holding the nodes at scope depth `depth`.
+
+        `graphs` lists (method name, graph, node ids in this class, argument (ref, name) pairs).
+        """
+        init: dict[str, object] = {}
+        methods = []
+        for mname, g, ids, args in graphs:
+            m = Method(mname, [a for _, a in args])
+            names = {ref: a for ref, a in args}
+            used = set(m.args) | RESERVED
+            members = set(ids)
+            emitted: set[str] = set()
+            for n in g.topo():
+                if n.id not in members:
+                    continue
+                if len(n.scope) > depth:
+                    key = ".".join(s.name for s in n.scope[:depth + 1])
+                    sc = n.scope[depth]
+                    if sc.kind == "list":
+                        key = ".".join(s.name for s in n.scope[:depth + 2])
+                    if key in emitted:
+                        continue
+                    emitted.add(key)
+                    self.instance_call(g, key, depth + (2 if sc.kind == "list" else 1), sc, ids, init, m, names, used)
+                    continue
+                self.node_lines(g, n, init, m, names, used)
+            outs = [names[ref] for ref in self.returns(g, mname)]
+            m.ret = outs[0] if len(outs) == 1 else "(" + ", ".join(outs) + ")"
+            methods.append(m)
+        lines = []
+        for attr, val in init.items():
+            if isinstance(val, list) and val and val[0] == "__list__":
+                lines.append(f"self.{attr} = nn.ModuleList([{', '.join(c + '()' for c in val[1:])}])")
+            else:
+                lines.extend(val if isinstance(val, list) else [val])
+        return lines, methods
+
+    def returns(self, g: Graph, mname: str) -> list:
+        return self._returns[(id(g), mname)]
+
+    def fresh(self, base: str, used: set) -> str:
+        name, k = ident(base), 2
+        while name in used:
+            name, k = f"{ident(base)}_{k}", k + 1
+        used.add(name)
+        return name
+
+    def instance_call(self, g, key, depth, sc, ids, init, m, names, used):
+        inst = g.instances[key]
+        sub_ids = [i for i in ids if i.startswith(key + ".")]
+        args = [(ref, ident(n)) for ref, n in zip(inst.in_refs, inst.in_names)]
+        self._returns[(id(g), "forward@" + key)] = inst.out_refs
+        lines, methods = self.unit([("forward@" + key, g, sub_ids, args)], depth, "")
+        methods[0].name = "forward"
+        cname = self.add_class(camel(inst.block), ClassDef("", f"Block '{inst.block}'.", lines, methods))
+        parts = key.split(".")
+        if sc.kind == "list":
+            attr = ident(parts[-2])
+            lst = init.setdefault(attr, ["__list__"])
+            lst.append(cname)
+            target = f"self.{attr}[{parts[-1]}]"
+            base = f"{parts[-2]}_{parts[-1]}"
+        else:
+            attr = ident(parts[-1])
+            init[attr] = f"self.{attr} = {cname}()"
+            target = f"self.{attr}"
+            base = parts[-1]
+        call = f"{target}({', '.join(names[r] for r in inst.in_refs)})"
+        self.bind(inst.out_refs, inst.out_names, base, call, m, names, used, f"block {inst.block}")
+
+    def bind(self, refs, out_names, base, expr, m, names, used, comment):
+        if len(refs) == 1:
+            var = self.fresh(base, used)
+            m.lines.append(f"{var} = {expr}  # {comment}")
+            names[refs[0]] = var
+            return
+        vars_ = [self.fresh(f"{base}_{o}", used) for o in out_names]
+        m.lines.append(f"{', '.join(vars_)} = {expr}  # {comment}")
+        for r, v in zip(refs, vars_):
+            names.setdefault(r, v)
+
+    def node_lines(self, g: Graph, n: Node, init: dict, m: Method, names: dict, used: set) -> None:
+        if n.op == "input":
+            return
+        attr = ident(n.local)
+        ins = [names[ref] for ref in g.inputs_of(n.id)]
+        where = f"{Path(n.loc.file).name}:{n.loc.line}" if n.loc else ""
+        types = ", ".join(str(t) for t in n.outputs)
+        if n.body is not None:
+            code = self.scan(n, attr, ins, init, used)
+        else:
+            try:
+                code = n.opdef.to_torch(n.attrs, ins, f"self.{attr}", n)
+            except LoweringError as e:
+                e.loc = e.loc or n.loc
+                raise
+            if code.init is not None:
+                lines = [f"self.{attr} = {code.init}"]
+                for pname, spec in n.init.items():
+                    lines.append(init_line(f"self.{attr}.{pname}", spec))
+                init[attr] = lines
+        self.helpers.update({h: n.opdef.torch_snippets[h] for h in code.helpers})
+        m.lines.extend(getattr(code, "stmts", None) or [])
+        outs = [(n.id, i) for i in range(len(n.outputs))]
+        names_ = n.out_names if len(n.outputs) > 1 else ["out"]
+        self.bind(outs, names_, n.local, code.expr, m, names, used, f"{types}  {where}".strip())
+
+    def scan(self, n: Node, attr: str, ins: list, init: dict, used: set):
+        from nnspec.compiler.ops.base import TorchCode
+        a = n.attrs
+        body = n.body
+        args = [((f"{n.id}.{k}", 0), ident(k)) for k in a.inputs]
+        self._returns[(id(body), "forward")] = list(body.outputs.values())
+        lines, methods = self.unit([("forward", body, [x.id for x in body.nodes()], args)], 0, "")
+        cname = self.add_class(camel(a.block) + "Cell", ClassDef("", f"One step of block '{a.block}' (scanned by '{n.id}').",
+                                                                    lines, methods))
+        init[attr] = f"self.{attr} = {cname}()"
+        over = [v for v, r in zip(ins, a.roles) if r == "over"]
+        state = {c: self.fresh(f"{n.local}_{c}", used) for c in a.carry}
+        stacked = [o for o in body.outputs if o not in a.carry]
+        acc = {o: self.fresh(f"{n.local}_{o}_steps", used) for o in stacked}
+        t = self.fresh("t", used)
+        step = self.fresh(f"{n.local}_step", used)
+        ax = a.axis
+        stmts = [f"{state[c]} = {ins[a.inputs.index(c)]}" for c in a.carry]
+        stmts += [f"{acc[o]} = []" for o in stacked]
+        rng = f"range({over[0]}.shape[{ax}])"
+        stmts.append(f"for {t} in {'reversed(' + rng + ')' if a.reverse else rng}:")
+        call_args = []
+        for k, v, role in zip(a.inputs, ins, a.roles):
+            call_args.append(f"{v}.select({ax}, {t})" if role == "over" else state[k] if role == "carry" else v)
+        outs = list(body.outputs)
+        stmts.append(f"    {step} = self.{attr}({', '.join(call_args)})")
+        for i, o in enumerate(outs):
+            sel = f"{step}[{i}]" if len(outs) > 1 else step
+            stmts.append(f"    {state[o]} = {sel}" if o in a.carry else f"    {acc[o]}.append({sel})")
+        if a.reverse:
+            stmts += [f"{acc[o]}.reverse()" for o in stacked]
+        pieces = [state[c] for c in a.carry] + [f"torch.stack({acc[o]}, {ax})" for o in stacked]
+        code = TorchCode(expr=", ".join(pieces) if len(pieces) > 1 else pieces[0])
+        code.stmts = stmts
+        return code
+
+    # -- the file -----------------------------------------------------------------------------
+    def generate(self, class_name: str | None = None) -> str:
+        p = self.program
+        spec = p.spec
+        self._returns = {}
+        entries = []
+        for gname, g in p.graphs.items():
+            args = [((n.id, 0), ident(n.attrs.name)) for n in g.inputs()]
+            self._returns[(id(g), gname)] = list(g.outputs.values())
+            entries.append((gname, g, [n.id for n in g.nodes()], args))
+        lines, methods = self.unit(entries, 0, "")
+        for n in p.all_nodes():
+            for pname, target in sorted(n.ties.items()):
+                tid, _, tp = target.rpartition(".")
+                lines.append(f"self.{modpath(n.id)}.{pname} = self.{modpath(tid)}.{tp}  # tied")
+        name = class_name or camel(spec.name) + (camel(spec.preset) if spec.preset and spec.preset.lower() != spec.name.lower() else "")
+        paper = spec.model.paper
+        root = ClassDef(name, f"{spec.name}: " + ", ".join(f"{k} -> {v}" for k, v in self._io_doc()), lines, methods)
+        self.classes.append(root)
+        from nnspec.compiler import __version__
+        from nnspec.compiler.cost import cost_report
+        env = Environment(loader=FileSystemLoader(str(Path(__file__).parent)), undefined=StrictUndefined,
+                          keep_trailing_newline=True, trim_blocks=False)
+        text = env.get_template("model.py.j2").render(
+            title=f"{spec.name}: PyTorch module generated by nnspec.",
+            version=__version__, spec_file=Path(spec.file).name, preset=spec.preset,
+            overrides=", ".join(f"{k}={v}" for k, v in sorted(spec.overrides.items())),
+            params=cost_report(p).params,
+            paper=(f"{paper.title} ({', '.join(paper.authors)}, {paper.year}"
+                   + (f", arXiv:{paper.arxiv}" if paper.arxiv else "") + ")") if paper else "",
+            helpers=[self.helpers[h].strip() for h in sorted(self.helpers)],
+            classes=self.classes)
+        return re.sub(r"\n{3,}(?=\S)", lambda mm: "\n\n\n" if text else mm.group(0), text)
+
+    def _io_doc(self):
+        g = self.program.forward
+        for n in g.inputs():
+            yield n.attrs.name, str(n.outputs[0])
+        for o in g.outputs:
+            yield o, str(g.output_type(o))
+
+
+def generate_source(program, class_name: str | None = None) -> tuple[str, str]:
+    """(source text, class name) of the program's PyTorch module."""
+    cg = Codegen(program)
+    src = cg.generate(class_name)
+    return src, cg.classes[-1].name
