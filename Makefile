@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 0 2>/dev/null || $(BIN)/python -m pytest
+	$(BIN)/python -m pytest
 
 demo: $(STAMP)
 	$(BIN)/python -m nnspec.runtime.demo
