@@ -1,0 +1,226 @@
+"""The ONNX builder: the one object op lowerings (`Op.to_onnx(a, ins, b, node)`) emit ONNX through.
+
+A `Builder` collects nodes for one ONNX graph (the model's main graph or a scan body). Value
+names are derived from the IR node being lowered (`<node id>/<OpType>`), made unique across the
+whole model, so the same program always yields the same names. Parameters become initializers
+named by their torch state-dict key (`<owner node id>.<param>`), created once per owner even when
+several nodes tie to it; small constants are initializers deduplicated by content. Both live in
+the main graph: a subgraph reads them through ONNX's outer-scope references.
+
+`OPSET` is the only place the opset is chosen.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from nnspec.compiler.errors import LoweringError
+
+# Opset 18: the first opset where Reduce* ops take `axes` as an input everywhere (ReduceMean and
+# friends moved in 18, ReduceSum in 13) and where Pad/Resize/Split have their final forms, so op
+# lowerings see one convention. onnx 1.23's checker and onnxruntime 1.32 both support it fully, and
+# TensorRT(-RTX)'s ONNX parser accepts it; newer opsets add nothing the op catalog needs (e.g.
+# RMSNormalization, opset 23, is not parsed by every TensorRT release, so rms_norm is decomposed).
+OPSET = 18
+
+# IR dtype name -> onnx.TensorProto elem type (values of the enum, so this module imports onnx lazily).
+ELEM_TYPES = {"float32": 1, "uint8": 2, "int8": 3, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
+              "float64": 11, "bfloat16": 16}
+_NUMPY = {"float32": "float32", "float16": "float16", "float64": "float64", "int64": "int64",
+          "int32": "int32", "bool": "bool", "uint8": "uint8", "int8": "int8"}
+
+
+class _Shared:
+    """State shared by a main graph's builder and every subgraph builder under it."""
+
+    def __init__(self, weights: dict, for_trt: bool):
+        self.weights = weights
+        self.for_trt = for_trt
+        self.used: set[str] = set()
+        self.initializers: list = []  # onnx.TensorProto, in creation order
+        self.param_names: dict[str, str] = {}  # state-dict key -> initializer name
+        self.consts: dict[tuple, str] = {}  # (dtype, shape, bytes) -> initializer name
+
+    def unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            name = f"{base}_{k}"
+            k += 1
+        self.used.add(name)
+        return name
+
+
+class Builder:
+    """Emits ONNX nodes for one graph; see docs/architecture.md ("The ONNX builder contract")."""
+
+    opset = OPSET
+
+    def __init__(self, weights: dict | None = None, for_trt: bool = False, graph=None,
+                 _shared: _Shared | None = None):
+        self._s = _shared or _Shared(weights if weights is not None else {}, for_trt)
+        self.graph = graph  # the IR graph being lowered (for input types)
+        self.nodes: list = []  # onnx.NodeProto of this graph, in emission order
+        self.node = None  # the IR node being lowered (set by the walker through `at`)
+
+    # -- context --------------------------------------------------------------------------------
+    @property
+    def for_trt(self) -> bool:
+        """True when building the ONNX form fed to TensorRT (ops' `to_trt`)."""
+        return self._s.for_trt
+
+    def at(self, node) -> "Builder":
+        """Make `node` the IR node whose lowering emits the next ONNX nodes (names derive from it)."""
+        self.node = node
+        return self
+
+    def child(self, graph=None) -> "Builder":
+        """A builder for a subgraph: its own node list, the model's names and initializers."""
+        return Builder(graph=graph, _shared=self._s)
+
+    def unique(self, base: str) -> str:
+        """A model-wide unique value name starting with `base`."""
+        return self._s.unique(base)
+
+    def reserve(self, name: str) -> str:
+        """Claim an exact value name (graph inputs/outputs); LoweringError if already taken."""
+        if name in self._s.used:
+            raise LoweringError(f"ONNX value name '{name}' is used twice",
+                                expected="graph input and output names distinct from each other")
+        self._s.used.add(name)
+        return name
+
+    @property
+    def initializers(self) -> list:
+        return self._s.initializers
+
+    # -- emitting nodes ---------------------------------------------------------------------------
+    def op(self, op_type: str, inputs: list, n_out: int = 1, domain: str = "", **attrs) -> Any:
+        """Append one ONNX node; returns its output name (a list of names when n_out > 1).
+
+        `inputs` are value names ("" for an omitted optional input); attrs are python ints, floats,
+        strings, lists of those, or an `onnx.GraphProto` (subgraph). None-valued attrs are omitted.
+        """
+        from onnx import helper
+
+        owner = self.node.id if self.node is not None else "graph"
+        base = f"{owner}/{op_type}"
+        outs = [self.unique(base) for _ in range(n_out)]
+        clean = {k: _attr_value(k, v, op_type) for k, v in sorted(attrs.items()) if v is not None}
+        for i, x in enumerate(inputs):
+            if not isinstance(x, str):
+                raise LoweringError(f"{op_type} input {i} of node '{owner}' is {x!r}",
+                                    expected="a value name (str); use b.const/b.scalar for constants")
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=outs[0], domain=domain or None,
+                                           **clean))
+        return outs[0] if n_out == 1 else outs
+
+    def param(self, node, pname: str) -> str:
+        """Initializer name of `node`'s parameter/buffer `pname`, following ties to the owner."""
+        from onnx import numpy_helper
+        import numpy as np
+
+        if pname not in node.params:
+            raise LoweringError(f"node '{node.id}' has no parameter '{pname}'",
+                                expected=f"one of: {', '.join(node.params) or '(none)'}")
+        key = node.ties.get(pname, f"{node.id}.{pname}")
+        if key in self._s.param_names:
+            return self._s.param_names[key]
+        spec = node.params[pname]
+        if key not in self._s.weights:
+            raise LoweringError(f"no weight '{key}' for node '{node.id}'",
+                                expected="a weights dict keyed by state-dict names (node id + '.' + param)")
+        arr = np.asarray(self._s.weights[key])
+        want = _NUMPY.get(spec.dtype)
+        if want and arr.dtype != np.dtype(want):
+            arr = arr.astype(want)
+        if tuple(arr.shape) != tuple(spec.shape):
+            raise LoweringError(f"weight '{key}' has shape {list(arr.shape)}",
+                                expected=f"shape {list(spec.shape)} (from the spec)")
+        name = self.reserve(key) if key not in self._s.used else self.unique(key)
+        self._s.initializers.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        self._s.param_names[key] = name
+        return name
+
+    def const(self, values, dtype: str = "int64") -> str:
+        """Initializer name of a small constant tensor (deduplicated by dtype, shape and content)."""
+        from onnx import numpy_helper
+        import numpy as np
+
+        if dtype not in ("int64", "float32", "bool", "int32", "float16", "float64", "uint8", "int8"):
+            raise LoweringError(f"constant dtype '{dtype}'", expected="int64, float32 or bool")
+        arr = np.ascontiguousarray(np.asarray(values, dtype=_NUMPY[dtype]))
+        key = (dtype, arr.shape, arr.tobytes())
+        if key not in self._s.consts:
+            name = self.unique("const")
+            self._s.initializers.append(numpy_helper.from_array(arr, name))
+            self._s.consts[key] = name
+        return self._s.consts[key]
+
+    def scalar(self, v, dtype: str = "float32") -> str:
+        """A 0-d constant."""
+        import numpy as np
+        return self.const(np.asarray(v), dtype)
+
+    def shape(self, x: str) -> str:
+        """The runtime shape of `x` (1-D int64)."""
+        return self.op("Shape", [x])
+
+    def dim(self, x: str, axis: int) -> str:
+        """The runtime size of `x` along `axis` as a 1-D int64 tensor of length 1 (ready for Concat)."""
+        end = None if axis == -1 else axis + 1
+        return self.op("Shape", [x], start=axis, end=end)
+
+    # -- types of the node being lowered ----------------------------------------------------------
+    def dtype(self, node_output_index: int = 0) -> int:
+        """ONNX elem type (TensorProto enum value) of the current node's output."""
+        return ELEM_TYPES[self.node.outputs[node_output_index].dtype]
+
+    def out_type(self, i: int = 0):
+        """TensorType of the current node's output `i`."""
+        return self.node.outputs[i]
+
+    def in_type(self, i: int = 0):
+        """TensorType of the current node's input slot `i`."""
+        return self.in_types()[i]
+
+    def in_types(self) -> list:
+        """TensorTypes of all the current node's inputs, in slot order."""
+        return self.graph.input_types(self.node.id)
+
+    # -- subgraphs --------------------------------------------------------------------------------
+    def subgraph(self, graph, input_types: dict, outer_names: dict | None = None,
+                 outputs: list | None = None):
+        """Lower IR `graph` (a scan body) to an `onnx.GraphProto`.
+
+        `input_types` maps body input-node ids, in the ONNX body's input order, to their TensorType;
+        `outer_names` maps the remaining body input-node ids to outer-scope value names (closed-over
+        values, read directly); `outputs` orders the body's outputs (default: `graph.outputs` order).
+        Parameters inside the body are initializers of the main graph, read via outer scope.
+        """
+        from .lower import lower_subgraph
+        return lower_subgraph(self, graph, input_types, outer_names or {}, outputs)
+
+
+def value_info(name: str, t, elem_type: int | None = None):
+    """An ONNX ValueInfoProto for a TensorType; symbolic dims become dim_params (expressions kept as text)."""
+    from onnx import helper
+    dims = [d if isinstance(d, int) else str(d) for d in t.shape]
+    return helper.make_tensor_value_info(name, elem_type or ELEM_TYPES[t.dtype], dims)
+
+
+def _attr_value(key: str, v, op_type: str):
+    import numpy as np
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, tuple):
+        v = list(v)
+    if isinstance(v, list):
+        if not v:
+            raise LoweringError(f"{op_type} attribute '{key}' is an empty list",
+                                expected="a non-empty list (omit the attribute instead)")
+        return [x.item() if isinstance(x, np.generic) else int(x) if isinstance(x, bool) else x for x in v]
+    return v
+
+
+__all__ = ["Builder", "OPSET", "ELEM_TYPES", "value_info"]
