@@ -1,0 +1,350 @@
+"""The `nnspec` command line.
+
+    nnspec list [--json]                         bundled specs and their presets
+    nnspec check SPEC... [--target trt]          validate specs (exit 1 on a bad spec)
+    nnspec inspect SPEC [--preset P] [--set k=v] [--json] [--depth D] [--dump-after PASS]
+    nnspec compile SPEC --target torch|onnx|trt|trt-rtx -o DIR
+    nnspec graph SPEC --format dot|svg|mermaid|json|text
+    nnspec schema                                JSON Schema of specs (for editors)
+    nnspec run ARTIFACT_DIR --input name=x.npy
+    nnspec bench SPEC --targets torch,onnx --batch 1,8
+    nnspec verify SPEC
+    nnspec deploy ARTIFACT_DIR --triton REPO_DIR
+
+Exit codes: 0 ok, 1 bad spec (or failed verification), 2 usage, 3 a target's toolchain is missing.
+`check`, `inspect`, `graph`, `schema` and `compile --target torch` never import torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from nnspec.compiler.errors import NnspecError
+
+EXIT_OK, EXIT_SPEC, EXIT_USAGE, EXIT_MISSING = 0, 1, 2, 3
+
+
+class TargetMissing(Exception):
+    """A target's toolchain is not installed (exit code 3)."""
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="path to a spec .yaml or the name of a bundled spec (see `nnspec list`)")
+    p.add_argument("--preset", "-p", help="a named preset of the spec")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a param (repeatable), e.g. --set num_classes=10 --set layers=[2,2,2,2]")
+
+
+def _load(args, **kw):
+    from nnspec.compiler import load
+    from nnspec.compiler.spec.load import parse_overrides
+    return load(args.spec, args.preset, parse_overrides(args.overrides), **kw)
+
+
+def _dims(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        k, _, v = item.partition("=")
+        if not v.isdigit():
+            raise argparse.ArgumentTypeError(f"--dim {item}: expected SYMBOL=INT, e.g. N=8")
+        out[k] = int(v)
+    return out
+
+
+# -- commands -------------------------------------------------------------------------------------
+def cmd_list(args) -> int:
+    from nnspec.compiler.spec.load import bundled_specs, load_spec
+    rows = []
+    for path in bundled_specs():
+        s = load_spec(path)
+        paper = s.model.paper
+        rows.append({"name": s.name, "presets": list(s.model.presets),
+                     "paper": f"{paper.title} ({paper.year})" if paper else "", "file": path.name})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return EXIT_OK
+    w = max((len(r["name"]) for r in rows), default=4)
+    for r in rows:
+        print(f"{r['name']:<{w}}  {', '.join(r['presets']) or '-'}")
+        if r["paper"]:
+            print(f"{'':<{w}}  {r['paper']}")
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from nnspec.compiler.spec.load import parse_overrides
+    from nnspec.compiler import load
+    bad = 0
+    for spec in args.spec:
+        try:
+            program = load(spec, args.preset, parse_overrides(args.overrides))
+            msg = f"ok  {spec}: {len(list(program.all_nodes()))} nodes"
+            if args.target in ("trt", "trt-rtx"):
+                from nnspec.targets.tensorrt.lint import lint, render
+                issues = lint(program)
+                if issues:
+                    print(render(issues), file=sys.stderr)
+                    bad += 1
+                    continue
+                msg += f", all ops supported by {args.target}"
+            print(msg)
+        except NnspecError as e:
+            print(e.render(), file=sys.stderr)
+            bad += 1
+    return EXIT_SPEC if bad else EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    from nnspec.compiler.cost import compare_reported, cost_report, human
+    program = _load(args, dump_after=args.dump_after, dump=print)
+    if args.dump_after:
+        return EXIT_OK
+    rep = cost_report(program, args.graph, _dims(args.dim))
+    cmp = compare_reported(program.spec.reported, {"params": rep.params, "flops": rep.flops})
+    if args.json:
+        print(json.dumps({
+            "spec": program.spec.name, "preset": program.spec.preset, "params": rep.params, "buffers": rep.buffers,
+            "flops": rep.flops, "activation_bytes": rep.act_bytes, "dims": rep.dims,
+            "nodes": [vars(r) for r in rep.rows], "reported": cmp}, indent=1))
+        return EXIT_OK
+    rows = rep.rows
+    if args.depth is not None:
+        rows = _collapse(rows, args.depth)
+    w = min(max([len("  " * r.depth + r.id) for r in rows] + [4]), 48)
+    sw = min(max([len(r.shape) for r in rows] + [12]), 40)
+    line = "-" * (w + sw + 40)
+    print(line)
+    print(f"{'node':<{w}}  {'op':<20} {'output':<{sw}} {'params':>12} {'FLOPs':>10}")
+    print(line)
+    for r in rows:
+        print(f"{('  ' * r.depth + r.id)[:w]:<{w}}  {r.op[:20]:<20} {r.shape[:sw]:<{sw}} "
+              f"{r.params:>12,} {human(r.flops) if r.flops else '-':>10}")
+    print(line)
+    dims = ", ".join(f"{k}={v}" for k, v in rep.dims.items())
+    print(f"params: {rep.params:,}   buffers: {rep.buffers:,}   FLOPs: {rep.flops:,} ({human(rep.flops)})"
+          f"   activations: {human(rep.act_bytes)}B   at {dims or 'the declared shapes'}")
+    for c in cmp:
+        verdict = "matches" if c["match"] else f"differs by {c['rel_err']:.1%}"
+        print(f"reported {c['figure']}: {c['reported']}  computed: {human(c['computed'])}  -> {verdict} (to the stated precision)")
+    return EXIT_OK
+
+
+def _collapse(rows, depth: int):
+    """Aggregate rows below `depth` into their ancestor at that depth (like torchinfo's depth)."""
+    from nnspec.compiler.cost import NodeCost
+    out, groups = [], {}
+    for r in rows:
+        parts = r.id.split(".")
+        keep = []
+        for p in parts[:-1]:
+            keep.append(p)
+        level = sum(1 for p in parts[:-1] if not p.isdigit())
+        if level <= depth - 1 or len(parts) == 1:
+            out.append(r)
+            continue
+        # the ancestor id at `depth` block levels (list indices stay attached)
+        anc, lv = [], 0
+        for p in parts:
+            anc.append(p)
+            if not p.isdigit():
+                lv += 1
+            if lv == depth and (len(anc) == len(parts) or not parts[len(anc)].isdigit()):
+                break
+        key = ".".join(anc)
+        if key not in groups:
+            groups[key] = NodeCost(key, "block", r.shape, 0, 0, 0, depth - 1)
+            out.append(groups[key])
+        g = groups[key]
+        g.params += r.params
+        g.flops += r.flops
+        g.shape = r.shape
+    return out
+
+
+def cmd_compile(args) -> int:
+    from nnspec.runtime.compile import compile_artifacts
+    program = _load(args)
+    files = compile_artifacts(program, args.target, args.output, weights=args.weights, seed=args.seed,
+                              precision=args.precision, workspace_mb=args.workspace_mb, opt_level=args.opt_level)
+    for name in files:
+        print(os.path.join(args.output, name))
+    return EXIT_OK
+
+
+def cmd_graph(args) -> int:
+    from nnspec.compiler.ir.dump import FORMATS
+    program = _load(args)
+    text = FORMATS[args.format](program.graphs)
+    if args.output:
+        from nnspec.runtime.artifacts import atomic_write
+        atomic_write(args.output, text.encode())
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_schema(args) -> int:
+    from nnspec.compiler.spec.models import json_schema
+    print(json.dumps(json_schema(), indent=1, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+    from nnspec.runtime.runners import load_runner
+    feeds = {}
+    for item in args.input:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"nnspec run: --input {item}: expected NAME=FILE.npy")
+        feeds[name] = np.load(path, allow_pickle=False)
+    runner = load_runner(args.artifact, target=args.target)
+    outs = runner.run(feeds)
+    if args.output:
+        from nnspec.runtime.artifacts import atomic_write
+        import io
+        buf = io.BytesIO()
+        np.savez(buf, **outs)
+        atomic_write(args.output, buf.getvalue())
+    for k, v in outs.items():
+        print(f"{k}: {v.dtype}{list(v.shape)}  mean={float(np.mean(v)):.6g}  std={float(np.std(v)):.6g}")
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from nnspec.runtime.bench import bench, render_table
+    program = _load(args)
+    rows = bench(program, targets=args.targets.split(","), batches=[int(b) for b in args.batch.split(",")],
+                 threads=args.threads, repeat=args.repeat, warmup=args.warmup, progress=not args.json)
+    print(json.dumps(rows, indent=1) if args.json else render_table(rows))
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from nnspec.runtime.verify import verify
+    program = _load(args)
+    report = verify(program, targets=args.targets.split(",") if args.targets else None, tolerance=args.tol, seed=args.seed)
+    print(report.render())
+    return EXIT_OK if report.ok else EXIT_SPEC
+
+
+def cmd_deploy(args) -> int:
+    from nnspec.runtime.deploy import deploy_triton
+    path = deploy_triton(args.artifact, args.triton, model_name=args.name, max_batch_size=args.max_batch_size)
+    print(path)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnspec.compiler import __version__
+    ap = argparse.ArgumentParser(prog="nnspec", description="Neural-network architectures as YAML specs, compiled to "
+                                 "PyTorch, ONNX and TensorRT.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Exit codes: 0 ok, 1 bad spec or failed check, 2 usage, 3 missing toolchain.")
+    ap.add_argument("--version", action="version", version=f"nnspec {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("list", help="list the bundled specs and their presets")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("check", help="validate specs; exit 1 with file:line:col messages on a bad one")
+    p.add_argument("spec", nargs="+", help="spec paths or bundled names")
+    p.add_argument("--preset", "-p")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--target", choices=["torch", "onnx", "trt", "trt-rtx"],
+                   help="also lint the spec against a target's op support (trt, trt-rtx)")
+    p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("inspect", help="per-node table of output shapes, params and FLOPs (like torchinfo)")
+    _spec_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output (params, flops, nodes, reported)")
+    p.add_argument("--depth", type=int, help="collapse block instances deeper than this many levels")
+    p.add_argument("--dim", action="append", default=[], metavar="SYM=INT", help="value of a symbolic dim (default N=1)")
+    p.add_argument("--graph", default="forward", help="entry graph to report (default: forward)")
+    p.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (expand, infer_shapes, ...)")
+    p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("compile", help="compile a spec to a target artifact directory")
+    _spec_args(p)
+    p.add_argument("--target", "-t", required=True, choices=["torch", "onnx", "trt", "trt-rtx"])
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="artifact directory (created)")
+    p.add_argument("--weights", metavar="W.safetensors", help="trained weights to embed (onnx, trt)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initial weights when --weights is not given (default 0)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="TensorRT precision")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT workspace limit in MiB")
+    p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level (0-5)")
+    p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("graph", help="draw the IR")
+    _spec_args(p)
+    p.add_argument("--format", "-f", choices=["dot", "svg", "mermaid", "json", "text"], default="text")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to a file instead of stdout")
+    p.set_defaults(fn=cmd_graph)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of specs (for yaml-language-server)")
+    p.set_defaults(fn=cmd_schema)
+
+    p = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
+    p.add_argument("artifact", metavar="ARTIFACT_DIR")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy")
+    p.add_argument("--target", choices=["torch", "onnx", "trt", "trt-rtx"], help="runner (default: from the manifest)")
+    p.add_argument("-o", "--output", metavar="OUT.npz", help="save outputs")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("bench", help="latency/throughput of targets side by side")
+    _spec_args(p)
+    p.add_argument("--targets", default="torch,onnx", help="comma-separated: torch,onnx,trt (default torch,onnx)")
+    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads for every target (default 1)")
+    p.add_argument("--repeat", type=int, default=20, help="timed runs per target and batch")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("verify", help="run every available target on generated inputs and compare")
+    _spec_args(p)
+    p.add_argument("--targets", help="comma-separated subset (default: all available)")
+    p.add_argument("--tol", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("deploy", help="export an artifact directory as a Triton model repository")
+    p.add_argument("artifact", metavar="ARTIFACT_DIR")
+    p.add_argument("--triton", required=True, metavar="REPO_DIR")
+    p.add_argument("--name", help="model name in the repository (default: the spec name)")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.set_defaults(fn=cmd_deploy)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)  # exits 2 on usage errors
+    try:
+        return args.fn(args)
+    except NnspecError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_SPEC
+    except TargetMissing as e:
+        print(f"nnspec: {e}", file=sys.stderr)
+        return EXIT_MISSING
+    except argparse.ArgumentTypeError as e:
+        print(f"nnspec: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug in nnspec, not the user's fault: short message, traceback on request
+        if os.environ.get("NNSPEC_DEBUG"):
+            raise
+        print(f"nnspec: internal error: {type(e).__name__}: {e}\n"
+              "  this is a bug in nnspec; rerun with NNSPEC_DEBUG=1 for the traceback", file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())
