@@ -194,7 +194,9 @@ class Expander:
         try:
             model = op.Attrs(**attrs)
         except ValidationError as e:
-            err = e.errors()[0]
+            # An unknown key is the likeliest root cause (a typo), so report it before "missing".
+            order = {"extra_forbidden": 0, "missing": 2}
+            err = sorted(e.errors(), key=lambda x: order.get(x["type"], 1))[0]
             key = err["loc"][0] if err["loc"] else None
             if err["type"] == "extra_forbidden":
                 allowed = sorted(set(op.Attrs.model_fields) | COMMON_NODE_KEYS)
@@ -370,7 +372,15 @@ class Expander:
 
 
 def _type_name(ann) -> str:
-    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+    import typing
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is typing.Union:
+        return " | ".join(_type_name(a) for a in args if a is not type(None)) + (" | null" if type(None) in args else "")
+    if typing.get_origin(ann) is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if args:
+        return str(ann).replace("typing.", "")
+    return getattr(ann, "__name__", str(ann))
 
 
 def expand(spec: LoadedSpec) -> dict[str, Graph]:
