@@ -1,0 +1,148 @@
+"""The ONNX target's entry points: `to_onnx_model` (in memory) and `compile_onnx` (artifacts on disk).
+
+Weights come from a dict keyed by torch state-dict names, a safetensors file, or (neither given)
+the generated torch module built from `seed`, whose weights are then written beside the model so
+every artifact can be reproduced. Files are written atomically (temp file + os.replace) and are
+byte-identical for the same program and options. Models whose tensors exceed `external_threshold`
+bytes (the 2 GB protobuf limit by default) keep their initializers in `<model>.onnx.data`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from nnspec.compiler.errors import LoweringError
+
+from .lower import check, lower_entry
+
+PROTOBUF_LIMIT = 2 * 1024 ** 3
+
+
+def torch_weights(program, seed: int = 0) -> dict:
+    """State dict of the generated torch module built from `seed`, as numpy arrays."""
+    from nnspec.targets.torch.build import build_module
+
+    m = build_module(program, seed)
+    return {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
+
+
+def load_weights(path) -> dict:
+    from safetensors.numpy import load_file
+    return load_file(str(path))
+
+
+def to_onnx_model(program, weights: dict | None = None, seed: int = 0, for_trt: bool = False,
+                  graph: str = "forward", checked: bool = True):
+    """The ONNX model of one entry graph (default `forward`), checked unless `checked=False`.
+
+    Models too large for an in-memory protobuf are checked by `compile_onnx` after writing.
+    """
+    if graph not in program.graphs:
+        raise LoweringError(f"program has no graph '{graph}'", expected=f"one of: {', '.join(program.graphs)}")
+    if weights is None:
+        weights = torch_weights(program, seed)
+    model = lower_entry(program, graph, weights, for_trt)
+    if checked and _tensor_bytes(model) < PROTOBUF_LIMIT:
+        check(model, program, graph)
+    return model
+
+
+def to_onnx_models(program, weights: dict | None = None, seed: int = 0, for_trt: bool = False) -> dict:
+    """{entry graph name: ModelProto} for every entry graph, all sharing the same weights."""
+    if weights is None:
+        weights = torch_weights(program, seed)
+    return {g: to_onnx_model(program, weights, seed, for_trt, g) for g in program.graphs}
+
+
+def model_file(gname: str) -> str:
+    return "model.onnx" if gname == "forward" else f"{gname}.onnx"
+
+
+def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bool = False,
+                 external_threshold: int = PROTOBUF_LIMIT) -> dict:
+    """Write `model.onnx` (+ `<graph>.onnx` per extra entry graph) into `out_dir`.
+
+    Returns {"model": path of model.onnx, "graphs": {graph: path}, "weights": weights.safetensors
+    path or None, "data": [external data files]}. Without `weights_path`, the weights used (the
+    torch module's from `seed`) are written to weights.safetensors beside the model.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if weights_path is not None:
+        weights = load_weights(weights_path)
+        wfile = None
+    else:
+        weights = torch_weights(program, seed)
+        wfile = out / "weights.safetensors"
+        _write_safetensors(weights, wfile)
+    result = {"model": None, "graphs": {}, "weights": str(wfile) if wfile else None, "data": []}
+    for gname in program.graphs:
+        model = to_onnx_model(program, weights, seed, for_trt, gname, checked=False)
+        path = out / model_file(gname)
+        big = _tensor_bytes(model) >= external_threshold
+        data = write_model(model, path, external=big)
+        if big:
+            check(None, program, gname, path=str(path))
+        else:
+            check(model, program, gname)
+        result["graphs"][gname] = str(path)
+        if data:
+            result["data"].append(data)
+    result["model"] = result["graphs"]["forward"]
+    return result
+
+
+def write_model(model, path, external: bool = False) -> str | None:
+    """Write `model` to `path` atomically; with `external`, initializers go to `<name>.data` beside it
+    (returned). Serialisation is deterministic."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    path = Path(path)
+    if not external:
+        _atomic_bytes(path, model.SerializeToString(deterministic=True))
+        return None
+    data_name = path.name + ".data"
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    convert_model_to_external_data(m, all_tensors_to_one_file=True, location=data_name, size_threshold=0,
+                                   convert_attribute=False)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".nnspec-") as tmp:
+        # onnx writes the data file relative to the model's folder, so both go to a temp folder first.
+        tmp_model = Path(tmp) / path.name
+        onnx.save_model(m, str(tmp_model))
+        tmp_model.write_bytes(m.SerializeToString(deterministic=True))  # save_model strips raw data in m
+        os.chmod(Path(tmp) / data_name, 0o644)
+        os.replace(Path(tmp) / data_name, path.parent / data_name)
+        os.replace(tmp_model, path)
+    return str(path.parent / data_name)
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_safetensors(weights: dict, path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save
+
+    data = save({k: np.ascontiguousarray(v) for k, v in sorted(weights.items())}, metadata={"format": "nnspec"})
+    _atomic_bytes(path, data)
+
+
+def _tensor_bytes(model) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+__all__ = ["to_onnx_model", "to_onnx_models", "compile_onnx", "write_model", "torch_weights", "load_weights",
+           "PROTOBUF_LIMIT"]

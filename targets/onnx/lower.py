@@ -1,0 +1,181 @@
+"""IR -> ONNX: walk an entry graph in topological order, lowering each node through its op class.
+
+One ONNX model per entry graph (`forward`, and each `graphs:` entry such as `decode_step`). Graph
+inputs keep their spec names and dtypes (int64 ids stay int64); symbolic dims become dim_params
+(`N`, `T`, or the dim expression's text). Each graph output is an Identity onto its spec name.
+The lowering is the inference (eval-mode) form: ops' `to_onnx` (or `to_trt` when `for_trt`) must
+give dropout as identity and batch norm with running statistics.
+
+After building, `onnx.checker.check_model(full_check=True)` and strict shape inference with data
+propagation must pass; the model declares every IR value's type (value_info), so strict inference
+also catches an op lowering whose result disagrees with the IR's shape inference. Failures raise
+`LoweringError` naming the IR node whose ONNX nodes were blamed.
+"""
+from __future__ import annotations
+
+import re
+
+from nnspec.compiler.errors import LoweringError
+
+from .builder import OPSET, Builder, value_info
+
+
+def lower_graph(b: Builder, graph, values: dict) -> dict:
+    """Lower every non-input node of `graph` into `b`; `values` maps (node id, port) -> value name
+    (pre-filled for the graph's inputs) and is returned completed."""
+    b.graph = graph
+    for n in graph.topo():
+        if n.op == "input":
+            continue
+        ins = [values[ref] for ref in graph.inputs_of(n.id)]
+        op = n.opdef
+        try:
+            fn = op.to_trt if b.for_trt else op.to_onnx
+            outs = fn(n.attrs, ins, b.at(n), n)
+        except NotImplementedError as e:
+            raise _at(LoweringError(f"{n.op} '{n.id}' cannot be lowered to ONNX: {e}",
+                                    expected=f"op {n.op} to implement to_onnx"), n) from None
+        except LoweringError as e:
+            if not e.message.startswith(f"{n.op} '{n.id}'"):
+                e.message = f"{n.op} '{n.id}': {e.message}"
+                e.args = (e.message,)
+            raise _at(e, n) from None
+        b.graph = graph  # a nested subgraph lowering may have pointed it elsewhere
+        outs = [outs] if isinstance(outs, str) else list(outs)
+        if len(outs) != len(n.outputs):
+            raise _at(LoweringError(f"{n.op} '{n.id}' lowered to {len(outs)} ONNX values",
+                                    expected=f"{len(n.outputs)} (one per IR output)"), n)
+        for i, name in enumerate(outs):
+            values[(n.id, i)] = name
+    return values
+
+
+def _at(e: LoweringError, node) -> LoweringError:
+    e.loc = e.loc or node.loc
+    e.chain = e.chain or list(node.chain)
+    return e
+
+
+def _value_infos(b: Builder, graph, values: dict, skip: set) -> list:
+    """Declared types of the IR values this graph's nodes produced (lets strict inference check them)."""
+    produced = {o for nd in b.nodes for o in nd.output}
+    out, seen = [], set(skip)
+    for n in graph.topo():
+        if n.op == "input":
+            continue
+        for i, t in enumerate(n.outputs):
+            name = values[(n.id, i)]
+            if name in produced and name not in seen:
+                seen.add(name)
+                out.append(value_info(name, t))
+    return out
+
+
+def lower_subgraph(b: Builder, graph, input_types: dict, outer_names: dict, outputs: list | None):
+    """The `Builder.subgraph` implementation: a body graph as an `onnx.GraphProto`."""
+    from onnx import helper
+
+    sub = b.child(graph)
+    values, inputs = {}, []
+    for nid, t in input_types.items():
+        name = sub.unique(nid)
+        values[(nid, 0)] = name
+        inputs.append(value_info(name, t))
+    for nid, outer in outer_names.items():
+        values[(nid, 0)] = outer
+    missing = [n.id for n in graph.inputs() if (n.id, 0) not in values]
+    if missing:
+        raise LoweringError(f"subgraph '{graph.name}' inputs {', '.join(missing)} are not bound",
+                            expected="every body input in input_types or outer_names")
+    saved = b.node
+    lower_graph(sub, graph, values)
+    b.node = saved
+    outs = []
+    for oname in (outputs if outputs is not None else list(graph.outputs)):
+        src = values[graph.outputs[oname]]
+        name = sub.unique(f"{graph.name}.{oname}")
+        sub.nodes.append(helper.make_node("Identity", [src], [name], name=name))
+        outs.append(value_info(name, graph.output_type(oname)))
+    vi = _value_infos(sub, graph, values, {v.name for v in inputs})
+    return helper.make_graph(sub.nodes, graph.name, inputs, outs, value_info=vi)
+
+
+def lower_entry(program, gname: str, weights: dict, for_trt: bool = False):
+    """One entry graph of `program` as an `onnx.ModelProto` (not yet checked)."""
+    from onnx import helper
+
+    from nnspec.compiler import __version__
+
+    graph = program.graphs[gname]
+    b = Builder(weights, for_trt=for_trt, graph=graph)
+    values, inputs = {}, []
+    for n in graph.inputs():
+        name = b.reserve(n.attrs.name)
+        values[(n.id, 0)] = name
+        inputs.append(value_info(name, n.outputs[0]))
+    for oname in graph.outputs:  # claimed before lowering so no generated name can take them
+        if oname in {i.name for i in inputs}:
+            raise LoweringError(f"graph '{gname}' uses '{oname}' as both an input and an output name",
+                                expected="distinct input and output names")
+        b.reserve(oname)
+    lower_graph(b, graph, values)
+    b.node = None
+    outs = []
+    for oname, ref in graph.outputs.items():
+        b.nodes.append(helper.make_node("Identity", [values[ref]], [oname], name=f"output/{oname}"))
+        outs.append(value_info(oname, graph.output_type(oname)))
+    vi = _value_infos(b, graph, values, {v.name for v in inputs} | set(graph.outputs))
+    spec = program.spec
+    g = helper.make_graph(b.nodes, f"{spec.name}.{gname}", inputs, outs, initializer=b.initializers,
+                          value_info=vi)
+    opsets = [helper.make_opsetid("", OPSET)]
+    model = helper.make_model(g, opset_imports=opsets, producer_name="nnspec", producer_version=__version__,
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    model.doc_string = f"{spec.name}" + (f" (preset {spec.preset})" if spec.preset else "") + f", entry '{gname}'"
+    return model
+
+
+def check(model, program=None, gname: str = "forward", path: str | None = None):
+    """Run the ONNX checker (full) and strict shape inference with data propagation; return the
+    inferred model. Errors become `LoweringError` naming the IR node blamed."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(path if path is not None else model, full_check=True)
+        if path is not None:
+            onnx.shape_inference.infer_shapes_path(path, path + ".inferred", strict_mode=True, data_prop=True)
+            import os
+            os.remove(path + ".inferred")
+            return None
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise blame(str(e), program, gname) from None
+
+
+def blame(message: str, program=None, gname: str = "forward") -> LoweringError:
+    """A LoweringError for an ONNX checker/inference message, naming the IR node it points at."""
+    names = re.findall(r"\(([^()\s]+/[A-Za-z0-9_]+(?:_\d+)?)\)", message) + \
+        re.findall(r"([\w.]+)/[A-Z][A-Za-z0-9]*", message)
+    node_id = None
+    for cand in names:
+        nid = cand.split("/")[0]
+        node = _find(program, nid) if program is not None else None
+        if node is not None or program is None:
+            node_id = nid
+            if node is not None:
+                return LoweringError(f"ONNX lowering of {node.op} '{nid}' is invalid: {message.strip()}",
+                                     node.loc, expected="a valid ONNX graph (checker and strict shape inference)",
+                                     chain=node.chain)
+    where = f" (near '{node_id}')" if node_id else ""
+    return LoweringError(f"the ONNX model of graph '{gname}' is invalid{where}: {message.strip()}",
+                         expected="a valid ONNX graph (checker and strict shape inference)")
+
+
+def _find(program, nid: str):
+    for n in program.all_nodes():
+        if n.id == nid:
+            return n
+    return None
+
+
+__all__ = ["lower_entry", "lower_graph", "lower_subgraph", "check", "blame", "OPSET"]
