@@ -15,12 +15,12 @@ from typing import Any
 
 from nnspec.compiler.errors import LoweringError
 
-# Opset 18: the first opset where Reduce* ops take `axes` as an input everywhere (ReduceMean and
-# friends moved in 18, ReduceSum in 13) and where Pad/Resize/Split have their final forms, so op
-# lowerings see one convention. onnx 1.23's checker and onnxruntime 1.32 both support it fully, and
-# TensorRT(-RTX)'s ONNX parser accepts it; newer opsets add nothing the op catalog needs (e.g.
-# RMSNormalization, opset 23, is not parsed by every TensorRT release, so rms_norm is decomposed).
-OPSET = 18
+# Opset 20: the first with a native Gelu (opset 20, `approximate="tanh"` included), which gelu and
+# gelu_tanh lower to; it keeps opset 18's forms op lowerings rely on (Reduce* take `axes` as an
+# input, Split takes `split` as an input, Pad/Resize final) and LayerNormalization (17). onnx 1.23's
+# checker, onnxruntime 1.32 and TensorRT(-RTX)'s ONNX parser all accept it. Later opsets add nothing
+# the op catalog needs (RMSNormalization, 23, is not parsed by every TensorRT release).
+OPSET = 20
 
 # IR dtype name -> onnx.TensorProto elem type (values of the enum, so this module imports onnx lazily).
 ELEM_TYPES = {"float32": 1, "uint8": 2, "int8": 3, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
