@@ -1,0 +1,330 @@
+"""Attention ops: scaled dot-product `attention`, `multi_head_attention` and Bahdanau `additive_attention`.
+
+Masks follow F.scaled_dot_product_attention everywhere: a bool mask is True where a query may attend
+to a key, a float mask is added to the scores; it broadcasts to [..., Tq, Tk] ([N, heads, Tq, Tk] for
+multi_head_attention). Note nn.MultiheadAttention's bool `attn_mask` means the opposite (True =
+blocked): pass `~mask` to it. `causal` lets query i see keys 0..i (top-left aligned, as in torch).
+
+FLOPs are 2 per multiply-add of the two score/value matmuls and the projections. FlopCounterMode on
+CPU counts attention only when torch runs SDPA's math kernel (it sees the fused CPU flash kernel,
+chosen for most shapes, as zero): `flop_counter_counts = False` on the two SDPA ops, whose cost equals
+the counter's figure under `sdpa_kernel(SDPBackend.MATH)`. `additive_attention` is plain mm/bmm and
+agrees with the counter as it runs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from ..errors import ShapeError
+from ..ir import dims as D
+from ..ir.dims import TensorType
+from .base import Attrs, Cost, Op, TorchCode, broadcast, expect, fmt_args, register, same_dim
+
+LOWEST_F32 = -3.4028234663852886e38  # masked scores: finite, so TensorRT and softmax never see inf - inf
+
+
+def _float(t: TensorType, what: str) -> None:
+    expect(t.dtype.startswith(("float", "bfloat")), f"{what} has dtype {t.dtype}", "a floating-point tensor")
+
+
+def _check_mask(mask: TensorType, target: tuple) -> None:
+    expect(mask.dtype == "bool" or mask.dtype.startswith("float"), f"mask has dtype {mask.dtype}",
+           "bool (True = may attend) or float (added to the scores)")
+    ok = mask.rank <= len(target)
+    if ok:
+        try:
+            ok = all(same_dim(a, b) for a, b in zip(broadcast([mask.shape, target]), target))
+        except ShapeError:  # reported below, with the shape the mask must broadcast to
+            ok = False
+    expect(ok, f"mask {mask} does not broadcast to the scores",
+           f"a mask broadcastable to [{', '.join(str(d) for d in target)}]")
+
+
+def _sdpa_flops(batch, tq, tk, d, dv):
+    return D.mul(2 * (d + dv), D.prod([batch, tq, tk]))
+
+
+def _sdpa_call(q, k, v, mask, causal, dropout, scale=None) -> str:
+    args = [q, k, v]
+    if mask:
+        args.append(f"attn_mask={mask}")
+    if dropout:
+        args.append(f"dropout_p={dropout!r} if self.training else 0.0")
+    if causal:
+        args.append("is_causal=True")
+    if scale is not None:
+        args.append(f"scale={scale!r}")
+    return f"F.scaled_dot_product_attention({', '.join(args)})"
+
+
+def onnx_sdpa(b, q: str, k: str, v: str, rank: int, scale: float, causal: bool, mask: str | None,
+              mask_is_bool: bool) -> str:
+    """softmax(q k^T * scale [+ mask]) v over the last two axes, with no shape baked in."""
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    scores = b.op("Mul", [b.op("MatMul", [q, b.op("Transpose", [k], perm=perm)]), b.scalar(scale)])
+    lowest = b.scalar(LOWEST_F32)
+    if causal:
+        zero, one = b.scalar(0, "int64"), b.scalar(1, "int64")
+        rows = b.op("Range", [zero, b.op("Squeeze", [b.dim(q, rank - 2)]), one])
+        cols = b.op("Range", [zero, b.op("Squeeze", [b.dim(k, rank - 2)]), one])
+        allowed = b.op("GreaterOrEqual", [b.op("Unsqueeze", [rows, b.const([1])]),
+                                          b.op("Unsqueeze", [cols, b.const([0])])])
+        scores = b.op("Where", [allowed, scores, lowest])
+    if mask is not None:
+        scores = b.op("Where", [mask, scores, lowest]) if mask_is_bool else b.op("Add", [scores, mask])
+    return b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
+
+
+class AttentionAttrs(Attrs):
+    causal: bool = False
+    scale: Optional[float] = None
+    dropout: float = 0.0
+
+
+@register
+class Attention(Op):
+    """softmax(q k^T / sqrt(d) [+ mask]) v over q[..., Tq, d], k[..., Tk, d], v[..., Tk, dv] (F.scaled_dot_product_attention)."""
+
+    name = "attention"
+    Attrs = AttentionAttrs
+    arity = (3, 4)
+    fusion = "opaque"
+    train_dependent = True  # attention dropout
+    flop_counter_counts = False  # only under SDPBackend.MATH (see the module docstring)
+
+    def infer(self, a, ins):
+        q, k, v = ins[:3]
+        for t, what in ((q, "q"), (k, "k"), (v, "v")):
+            expect(t.rank >= 2, f"{what} is {t}", f"{what} of rank >= 2: [..., T, features]")
+            _float(t, what)
+        expect(q.rank == k.rank == v.rank, f"q, k, v have ranks {q.rank}, {k.rank}, {v.rank}", "equal ranks")
+        expect(same_dim(q.shape[-1], k.shape[-1]), f"q has {q.shape[-1]} features and k {k.shape[-1]}",
+               "q and k with the same last dim d")
+        expect(same_dim(k.shape[-2], v.shape[-2]), f"k has {k.shape[-2]} keys and v {v.shape[-2]}",
+               "k and v with the same length Tk")
+        expect(not (a.causal and len(ins) > 3), "both causal: true and a mask are given",
+               "either causal or a mask (fold the causal pattern into the mask)")
+        expect(0.0 <= a.dropout < 1.0, f"dropout={a.dropout}", "0 <= dropout < 1")
+        lead = broadcast([q.shape[:-2], k.shape[:-2], v.shape[:-2]])
+        if len(ins) > 3:
+            _check_mask(ins[3], lead + (q.shape[-2], k.shape[-2]))
+        return [TensorType(lead + (q.shape[-2], v.shape[-1]), q.dtype)]
+
+    def cost(self, a, ins, outs):
+        q, k, v = ins[:3]
+        return Cost(flops=_sdpa_flops(D.prod(outs[0].shape[:-2]), q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]))
+
+    def to_torch(self, a, ins, m, node):
+        mask = ins[3] if len(ins) > 3 else None
+        return TorchCode(expr=_sdpa_call(*ins[:3], mask, a.causal, a.dropout, a.scale))
+
+    def to_onnx(self, a, ins, b, node):
+        q = b.in_type(0)
+        scale = a.scale if a.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        mask = ins[3] if len(ins) > 3 else None
+        bool_mask = mask is not None and b.in_type(3).dtype == "bool"
+        return [onnx_sdpa(b, ins[0], ins[1], ins[2], q.rank, scale, a.causal, mask, bool_mask)]
+
+
+class MhaAttrs(Attrs):
+    heads: int
+    dropout: float = 0.0
+    causal: bool = False
+    bias: bool = True
+
+
+MHA_SNIPPET = '''
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with nn.MultiheadAttention's parameter names (in_proj_weight, in_proj_bias,
+    out_proj), batch first, computed with F.scaled_dot_product_attention. A bool mask is True where a
+    query may attend (SDPA's convention); `causal` masks future keys."""
+
+    def __init__(self, dim, heads, bias=True, dropout=0.0, causal=False):
+        super().__init__()
+        self.heads, self.dropout, self.causal = heads, dropout, causal
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if bias else None
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        if bias:
+            nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query, key_value=None, mask=None):
+        dim = query.shape[-1]
+        source = query if key_value is None else key_value
+        w_q, w_kv = self.in_proj_weight.split([dim, 2 * dim])
+        b_q, b_kv = (None, None) if self.in_proj_bias is None else self.in_proj_bias.split([dim, 2 * dim])
+        q = F.linear(query, w_q, b_q)  # [N, Tq, D]
+        k, v = F.linear(source, w_kv, b_kv).chunk(2, dim=-1)  # [N, Tk, D] each
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [N, heads, T, D/heads]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(y.transpose(1, 2).flatten(2))  # [N, Tq, D]
+'''
+
+
+@register
+class MultiHeadAttention(Op):
+    """Multi-head attention over query[N, Tq, D] and key_value[N, Tk, D] (self-attention without it)."""
+
+    name = "multi_head_attention"
+    Attrs = MhaAttrs
+    arity = (1, 3)
+    fusion = "opaque"
+    train_dependent = True
+    flop_counter_counts = False  # the projections are counted; the attention core only under SDPBackend.MATH
+    torch_snippets = {"MultiHeadAttention": MHA_SNIPPET}
+
+    def infer(self, a, ins):
+        q = ins[0]
+        kv = ins[1] if len(ins) > 1 else q
+        for t, what in ((q, "query"), (kv, "key_value")):
+            expect(t.rank == 3, f"{what} is {t}", f"{what} of rank 3: [N, T, D] (batch first)")
+            _float(t, what)
+        dim = q.shape[2]
+        expect(isinstance(dim, int), f"model dim {dim} is symbolic", "a concrete model dim D")
+        expect(a.heads > 0 and dim % a.heads == 0, f"D={dim} is not divisible by heads={a.heads}",
+               "a model dim that splits evenly into heads")
+        expect(same_dim(kv.shape[2], dim) and same_dim(kv.shape[0], q.shape[0]),
+               f"key_value {kv} does not match query {q}", f"key_value of shape [{q.shape[0]}, Tk, {dim}]")
+        expect(not (a.causal and len(ins) > 2), "both causal: true and a mask are given",
+               "either causal or a mask (fold the causal pattern into the mask)")
+        expect(0.0 <= a.dropout < 1.0, f"dropout={a.dropout}", "0 <= dropout < 1")
+        if len(ins) > 2:
+            _check_mask(ins[2], (q.shape[0], a.heads, q.shape[1], kv.shape[1]))
+        return [q]
+
+    def params(self, a, ins):
+        from ..ir.graph import ParamSpec
+        dim = ins[0].shape[2]
+        ps = {"in_proj_weight": ParamSpec((3 * dim, dim))}
+        if a.bias:
+            ps["in_proj_bias"] = ParamSpec((3 * dim,))
+        ps["out_proj.weight"] = ParamSpec((dim, dim))
+        if a.bias:
+            ps["out_proj.bias"] = ParamSpec((dim,))
+        return ps
+
+    def cost(self, a, ins, outs):
+        q = ins[0]
+        kv = ins[1] if len(ins) > 1 else q
+        n, tq, dim = q.shape
+        tk = kv.shape[1]
+        proj = D.add(D.mul(2 * dim * dim * 2, D.mul(n, tq)), D.mul(2 * dim * dim * 2, D.mul(n, tk)))  # q, out; k, v
+        return Cost(flops=D.add(proj, _sdpa_flops(n, tq, tk, dim, dim)))
+
+    def to_torch(self, a, ins, m, node):
+        dim = node.params["in_proj_weight"].shape[1]
+        kw = {}
+        if not a.bias:
+            kw["bias"] = False
+        if a.dropout:
+            kw["dropout"] = a.dropout
+        if a.causal:
+            kw["causal"] = True
+        return TorchCode(expr=f"{m}({', '.join(ins)})", init=f"MultiHeadAttention({fmt_args(dim, a.heads, **kw)})",
+                         helpers=("MultiHeadAttention",))
+
+    def to_onnx(self, a, ins, b, node):
+        dim = b.in_type(0).shape[2]
+        hd = dim // a.heads
+        query = ins[0]
+        source = ins[1] if len(ins) > 1 else query
+        w = b.op("Split", [b.param(node, "in_proj_weight"), b.const([dim, dim, dim])], n_out=3, axis=0)
+        bs = (b.op("Split", [b.param(node, "in_proj_bias"), b.const([dim, dim, dim])], n_out=3, axis=0)
+              if a.bias else [None] * 3)
+
+        def heads(x, wi, bi):
+            y = b.op("MatMul", [x, b.op("Transpose", [wi], perm=[1, 0])])
+            if bi is not None:
+                y = b.op("Add", [y, bi])
+            # [N, T, D] -> [N, heads, T, D/heads]; 0 copies N and T from the input at run time
+            return b.op("Transpose", [b.op("Reshape", [y, b.const([0, 0, a.heads, hd])])], perm=[0, 2, 1, 3])
+
+        q, k, v = heads(query, w[0], bs[0]), heads(source, w[1], bs[1]), heads(source, w[2], bs[2])
+        mask = ins[2] if len(ins) > 2 else None
+        bool_mask = mask is not None and b.in_type(2).dtype == "bool"
+        y = onnx_sdpa(b, q, k, v, 4, 1.0 / math.sqrt(hd), a.causal, mask, bool_mask)
+        y = b.op("Reshape", [b.op("Transpose", [y], perm=[0, 2, 1, 3]), b.const([0, 0, dim])])
+        out = b.op("MatMul", [y, b.op("Transpose", [b.param(node, "out_proj.weight")], perm=[1, 0])])
+        return [b.op("Add", [out, b.param(node, "out_proj.bias")]) if a.bias else out]
+
+
+ADDITIVE_SNIPPET = '''
+class AdditiveAttention(nn.Module):
+    """Bahdanau attention: score[n, t] = v . tanh(W_q q[n] + W_k k[n, t]); returns (context, weights)."""
+
+    def __init__(self, query_dim, key_dim, hidden):
+        super().__init__()
+        self.W_q = nn.Linear(query_dim, hidden, bias=False)
+        self.W_k = nn.Linear(key_dim, hidden, bias=False)
+        self.v = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, query, keys):
+        scores = self.v(torch.tanh(self.W_q(query).unsqueeze(1) + self.W_k(keys))).squeeze(-1)  # [N, T]
+        weights = torch.softmax(scores, dim=-1)
+        context = torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # [N, Dk]
+        return context, weights
+'''
+
+
+@register
+class AdditiveAttention(Op):
+    """Bahdanau additive attention of query[N, Dq] over keys[N, T, Dk] -> context [N, Dk], weights [N, T]."""
+
+    name = "additive_attention"
+
+    class Attrs(Attrs):
+        hidden: int
+
+    arity = (2, 2)
+    fusion = "opaque"
+    flop_counter_counts = True
+    torch_snippets = {"AdditiveAttention": ADDITIVE_SNIPPET}
+
+    def outputs(self, a):
+        return ["context", "weights"]
+
+    def infer(self, a, ins):
+        q, keys = ins
+        expect(q.rank == 2, f"query is {q}", "query of rank 2: [N, Dq]")
+        expect(keys.rank == 3, f"keys are {keys}", "keys of rank 3: [N, T, Dk]")
+        _float(q, "query")
+        _float(keys, "keys")
+        expect(same_dim(q.shape[0], keys.shape[0]), f"query batch {q.shape[0]} vs keys batch {keys.shape[0]}",
+               "the same batch size N")
+        expect(isinstance(q.shape[1], int) and isinstance(keys.shape[2], int),
+               f"feature dims {q.shape[1]}, {keys.shape[2]}", "concrete feature sizes Dq, Dk")
+        expect(a.hidden > 0, f"hidden={a.hidden}", "a positive hidden size")
+        n, t, dk = keys.shape
+        return [TensorType((n, dk), keys.dtype), TensorType((n, t), keys.dtype)]
+
+    def params(self, a, ins):
+        from ..ir.graph import ParamSpec
+        return {"W_q.weight": ParamSpec((a.hidden, ins[0].shape[1])),
+                "W_k.weight": ParamSpec((a.hidden, ins[1].shape[2])),
+                "v.weight": ParamSpec((1, a.hidden))}
+
+    def cost(self, a, ins, outs):
+        q, keys = ins
+        n, t, dk = keys.shape
+        per_query = 2 * q.shape[1] * a.hidden
+        per_key = 2 * (dk * a.hidden + a.hidden + dk)  # W_k, v, and the weighted sum of keys
+        return Cost(flops=D.add(D.mul(per_query, n), D.mul(per_key, D.mul(n, t))))
+
+    def to_torch(self, a, ins, m, node):
+        dq, dk = node.params["W_q.weight"].shape[1], node.params["W_k.weight"].shape[1]
+        return TorchCode(expr=f"{m}({ins[0]}, {ins[1]})", init=f"AdditiveAttention({fmt_args(dq, dk, a.hidden)})",
+                         helpers=("AdditiveAttention",))
+
+    def to_onnx(self, a, ins, b, node):
+        def proj(x, pname):
+            return b.op("MatMul", [x, b.op("Transpose", [b.param(node, pname)], perm=[1, 0])])
+
+        q = b.op("Unsqueeze", [proj(ins[0], "W_q.weight"), b.const([1])])  # [N, 1, hidden]
+        energy = b.op("Tanh", [b.op("Add", [q, proj(ins[1], "W_k.weight")])])  # [N, T, hidden]
+        scores = b.op("Squeeze", [proj(energy, "v.weight"), b.const([-1])])  # [N, T]
+        weights = b.op("Softmax", [scores], axis=-1)
+        context = b.op("MatMul", [b.op("Unsqueeze", [weights, b.const([1])]), ins[1]])  # [N, 1, Dk]
+        return [b.op("Squeeze", [context, b.const([1])]), weights]
