@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import SpecError
 from . import conv, elementwise, structural  # noqa: F401  (registration)
+from . import linear, norm, pool, reduce, stochastic, tensor  # noqa: F401  (registration: group A)
 from . import attention, indexing, positional, recurrent  # noqa: F401  (registration: group B)
 from .base import Op, registry
 

@@ -1,0 +1,78 @@
+"""Reductions (mean, sum, max over axes) and the softmax family (softmax, log_softmax over one axis)."""
+from __future__ import annotations
+
+from typing import Union
+
+from .base import Attrs, Op, TorchCode, expect, register
+from .linear import FLOAT_DTYPES
+
+# name -> (torch method, ONNX op)
+REDUCTIONS = {"mean": ("mean", "ReduceMean"), "sum": ("sum", "ReduceSum"), "max": ("amax", "ReduceMax")}
+
+
+def _axes(axes, rank: int) -> list:
+    items = axes if isinstance(axes, list) else [axes]
+    expect(len(items) >= 1, "an empty list of axes", "one or more axes")
+    for ax in items:
+        expect(-rank <= ax < rank, f"axis {ax} is out of range for rank {rank}", f"-{rank} <= axis < {rank}")
+    norm = [ax % rank for ax in items]
+    expect(len(set(norm)) == len(norm), f"axes {items} name an axis twice", "distinct axes")
+    return norm
+
+
+@register
+class Reduce(Op):
+    """Reduce over `axes` (an int or a list), keeping them as size 1 when `keepdim`."""
+
+    names = list(REDUCTIONS)
+    fusion = "reduction"
+
+    class Attrs(Attrs):
+        axes: Union[int, list[int]]
+        keepdim: bool = False
+
+    def infer(self, a, ins):
+        (x,) = ins
+        if self.name == "mean":
+            expect(x.dtype in FLOAT_DTYPES, f"mean of a {x.dtype} tensor", "a floating-point tensor")
+        expect(x.dtype != "bool", f"{self.name} of a bool tensor", "a numeric tensor")
+        axes = set(_axes(a.axes, x.rank))
+        shape = [1 if i in axes else d for i, d in enumerate(x.shape) if a.keepdim or i not in axes]
+        return [x.with_shape(shape)]
+
+    def to_torch(self, a, ins, m, node):
+        axes = a.axes if isinstance(a.axes, int) else tuple(a.axes)
+        keep = ", keepdim=True" if a.keepdim else ""
+        return TorchCode(expr=f"{ins[0]}.{REDUCTIONS[self.name][0]}({axes!r}{keep})")
+
+    def to_onnx(self, a, ins, b, node):
+        axes = _axes(a.axes, b.in_type(0).rank)
+        return [b.op(REDUCTIONS[self.name][1], [ins[0], b.const(axes)], keepdims=int(a.keepdim))]
+
+
+# name -> (torch expression over {x} and {axis}, ONNX op)
+SOFTMAX = {"softmax": ("torch.softmax({x}, {axis})", "Softmax"),
+           "log_softmax": ("F.log_softmax({x}, {axis})", "LogSoftmax")}
+
+
+@register
+class Softmax(Op):
+    """Softmax / log-softmax along one axis."""
+
+    names = list(SOFTMAX)
+    fusion = "reduction"
+
+    class Attrs(Attrs):
+        axis: int = -1
+
+    def infer(self, a, ins):
+        (x,) = ins
+        expect(x.dtype in FLOAT_DTYPES, f"{self.name} of a {x.dtype} tensor", "a floating-point tensor")
+        _axes(a.axis, x.rank)
+        return [x]
+
+    def to_torch(self, a, ins, m, node):
+        return TorchCode(expr=SOFTMAX[self.name][0].format(x=ins[0], axis=a.axis))
+
+    def to_onnx(self, a, ins, b, node):
+        return [b.op(SOFTMAX[self.name][1], [ins[0]], axis=a.axis)]
