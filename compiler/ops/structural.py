@@ -89,4 +89,22 @@ class Scan(Op):
         raise NotImplementedError("scan is lowered by the torch codegen")
 
     def to_onnx(self, a, ins, b, node):
-        raise NotImplementedError("scan is lowered by the ONNX target")
+        """ONNX `Scan`: carried states then `over` inputs feed the body; `const` inputs are read by
+        the body through outer-scope references (onnxruntime resolves them as implicit inputs)."""
+        body = node.body
+        over = [i for i, r in enumerate(a.roles) if r == "over"]
+        stacked = [o for o in body.outputs if o not in a.carry]
+        state_ids = [f"{node.id}.{c}" for c in a.carry]
+        over_ids = [f"{node.id}.{a.inputs[i]}" for i in over]
+        input_types = {nid: body.node(nid).outputs[0] for nid in state_ids + over_ids}
+        outer = {f"{node.id}.{k}": v for k, v, r in zip(a.inputs, ins, a.roles) if r == "const"}
+        graph = b.subgraph(body, input_types, outer, outputs=list(a.carry) + stacked)
+        in_types = b.in_types()
+        rev = [1] if a.reverse else [0]
+        outs = b.op("Scan", [ins[a.inputs.index(c)] for c in a.carry] + [ins[i] for i in over],
+                    n_out=len(a.carry) + len(stacked), body=graph, num_scan_inputs=len(over),
+                    scan_input_axes=[norm_axis(a.axis, in_types[i].rank) for i in over],
+                    scan_input_directions=rev * len(over),
+                    scan_output_axes=[norm_axis(a.axis, body.output_type(o).rank + 1) for o in stacked] or None,
+                    scan_output_directions=(rev * len(stacked)) or None)
+        return [outs] if isinstance(outs, str) else outs
