@@ -28,7 +28,7 @@ from ..ir.graph import Graph, Instance, Node, Scope
 from ..ops import registry
 from ..spec.expr import ExprError, evaluate
 from ..spec.load import LoadedSpec
-from ..spec.models import BLOCK_NODE_KEYS, COMMON_NODE_KEYS, SCAN_NODE_KEYS, ArgSpec
+from ..spec.models import BLOCK_NODE_KEYS, COMMON_NODE_KEYS, SCAN_NODE_KEYS, ArgSpec, BlockNode, ScanNode
 
 MAX_NODES = 200_000
 MAX_REPEAT = 100_000
@@ -180,7 +180,7 @@ class Expander:
     def op_node(self, g: Graph, local: str, raw: dict, path: tuple, ctx: Ctx) -> Binding:
         opname = self.ev(raw["op"], path + ("op",), ctx)
         ops = registry()
-        if opname not in ops or opname == "input":
+        if not isinstance(opname, str) or opname not in ops or opname == "input":
             close = difflib.get_close_matches(str(opname), list(ops), n=3)
             self.fail(f"unknown op '{opname}'", path + ("op",), ctx,
                       hint=f"did you mean {', '.join(close)}?" if close else "`nnspec schema` lists every op",
@@ -242,9 +242,15 @@ class Expander:
             if k not in allowed:
                 self.fail(f"unknown key '{k}' in a {key} node", path + (k,), ctx, key=True,
                           expected=f"one of: {', '.join(sorted(allowed))}")
+        try:
+            (BlockNode if key == "block" else ScanNode).model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = tuple("in" if p == "in_" else p for p in err["loc"])
+            self.fail(f"{key} node '{path[-1]}': {'.'.join(map(str, where))}: {err['msg']}", path + where[:1], ctx)
         bname = self.ev(raw[key], path + (key,), ctx)
         blocks = self.spec.model.blocks
-        if bname not in blocks:
+        if not isinstance(bname, str) or bname not in blocks:
             close = difflib.get_close_matches(str(bname), list(blocks), n=3)
             self.fail(f"unknown block '{bname}'", path + (key,), ctx,
                       expected=f"one of: {', '.join(blocks) or '(no blocks defined)'}",

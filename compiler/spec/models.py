@@ -52,14 +52,17 @@ class Preset(_Model):
     description: Optional[str] = None
 
 
+ArgType = Literal["int", "float", "bool", "str", "list", "any"]
+
+
 class ArgSpec(_Model):
-    type: Literal["int", "float", "bool", "str", "list", "any"] = "any"
+    type: ArgType = "any"
     default: Any = None
     doc: Optional[str] = None
 
 
 class BlockSpec(_Model):
-    args: dict[str, Union[str, ArgSpec]] = {}
+    args: dict[str, Union[ArgType, ArgSpec]] = {}
     in_: Union[str, list[str]] = Field(default_factory=list, alias="in")
     nodes: dict[str, dict[str, Any]]
     out: Union[str, list[str], dict[str, str]]
@@ -91,10 +94,35 @@ class SpecModel(_Model):
     notes: Optional[str] = None
 
 
+class BlockNode(_Model):
+    """`{block: name, repeat: k, args: {...}, in: ...}`: inline instances of a block."""
+
+    block: str
+    in_: Optional[Ref] = Field(None, alias="in")
+    args: dict[str, Any] = {}
+    repeat: Union[int, str] = 1
+    when: Optional[Union[bool, str]] = None
+    doc: Optional[str] = None
+
+
+class ScanNode(_Model):
+    """`{scan: block, over/carry/const: {block input: value}}`: run a block once per step."""
+
+    scan: str
+    over: dict[str, str] = {}
+    carry: dict[str, str] = {}
+    const: dict[str, str] = {}
+    args: dict[str, Any] = {}
+    axis: Union[int, str] = 1
+    reverse: Union[bool, str] = False
+    when: Optional[Union[bool, str]] = None
+    doc: Optional[str] = None
+
+
 # Keys every node may carry besides its op's attributes.
 COMMON_NODE_KEYS = {"op", "in", "tie", "share", "init", "when", "doc"}
-BLOCK_NODE_KEYS = {"block", "in", "args", "repeat", "when", "doc"}
-SCAN_NODE_KEYS = {"scan", "over", "carry", "const", "args", "axis", "reverse", "when", "doc"}
+BLOCK_NODE_KEYS = set(BlockNode.model_fields) - {"in_"} | {"in"}
+SCAN_NODE_KEYS = set(ScanNode.model_fields)
 
 _EXPR = {"type": "string", "pattern": r"\$\{"}
 
@@ -119,25 +147,6 @@ def json_schema() -> dict:
             fields[fname] = (Union[f.annotation, str], f.default if not f.is_required() else ...)
         variants.append(create_model(f"node_{name}", __config__=ConfigDict(extra="forbid"),
                                      __doc__=(op.doc or type(op).__doc__ or "").strip() or None, **fields))
-
-    class BlockNode(_Model):
-        block: str
-        in_: Optional[Ref] = Field(None, alias="in")
-        args: dict[str, Any] = {}
-        repeat: Union[int, str] = 1
-        when: Optional[Union[bool, str]] = None
-        doc: Optional[str] = None
-
-    class ScanNode(_Model):
-        scan: str
-        over: dict[str, str] = {}
-        carry: dict[str, str] = {}
-        const: dict[str, str] = {}
-        args: dict[str, Any] = {}
-        axis: int = 1
-        reverse: bool = False
-        when: Optional[Union[bool, str]] = None
-        doc: Optional[str] = None
 
     NodeUnion = Union[tuple(variants) + (BlockNode, ScanNode)]  # type: ignore[misc]
     Typed = create_model(
