@@ -189,8 +189,9 @@ def test_ties_share_one_initializer_and_extra_entry_graph(tmp_path):
     assert [i.name for i in probe.graph.input] == ["x"] and [o.name for o in probe.graph.output] == ["y"]
     assert_close(parity(p, {"N": 3, "S": 9}, graph="probe"), 1)
     out = compile_onnx(p, tmp_path / "art")
-    assert sorted(out["graphs"]) == ["forward", "probe"]
-    assert Path(out["graphs"]["probe"]).name == "probe.onnx" and Path(out["model"]).name == "model.onnx"
+    assert sorted(out) == ["model", "probe", "weights"]
+    assert Path(out["probe"]).name == "probe.onnx" and Path(out["model"]).name == "model.onnx"
+    assert all(isinstance(v, str) and Path(v).is_file() for v in out.values())
 
 
 def test_for_trt_uses_to_trt(tmp_path, monkeypatch):
@@ -267,7 +268,7 @@ def test_artifacts_byte_identical_across_processes(tmp_path):
     assert not any(p.name.startswith(".") for p in (tmp_path / "out0").iterdir())  # no temp files left
     # the written weights reproduce the artifact
     again = compile_onnx(c.load(str(spec)), tmp_path / "again", weights_path=outs[0]["weights"])
-    assert Path(again["model"]).read_bytes() == a and again["weights"] is None
+    assert Path(again["model"]).read_bytes() == a and "weights" not in again
 
 
 def test_weights_file_is_used(tmp_path):
@@ -289,10 +290,10 @@ def test_weights_file_is_used(tmp_path):
 def test_external_data_branch(tmp_path):
     p = load(tmp_path, RESNETISH)
     small = compile_onnx(p, tmp_path / "small")
-    assert small["data"] == [] and not (tmp_path / "small" / "model.onnx.data").exists()
+    assert "model_data" not in small and not (tmp_path / "small" / "model.onnx.data").exists()
     big = compile_onnx(p, tmp_path / "big", external_threshold=1)
     data = tmp_path / "big" / "model.onnx.data"
-    assert big["data"] == [str(data)] and data.exists()
+    assert big["model_data"] == str(data) and data.exists()
     proto = onnx.load(big["model"], load_external_data=False)
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     assert os.path.getsize(big["model"]) < os.path.getsize(small["model"])

@@ -63,9 +63,10 @@ def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bo
                  external_threshold: int = PROTOBUF_LIMIT) -> dict:
     """Write `model.onnx` (+ `<graph>.onnx` per extra entry graph) into `out_dir`.
 
-    Returns {"model": path of model.onnx, "graphs": {graph: path}, "weights": weights.safetensors
-    path or None, "data": [external data files]}. Without `weights_path`, the weights used (the
-    torch module's from `seed`) are written to weights.safetensors beside the model.
+    Returns {role: path} of every file written, all plain strings: "model" (model.onnx), one key per
+    extra entry graph (its name, e.g. "decode_step"), "<key>_data" for external data, and "weights"
+    when no `weights_path` was given (the torch module's weights from `seed`, written to
+    weights.safetensors so the artifact can be reproduced).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,8 +77,11 @@ def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bo
         weights = torch_weights(program, seed)
         wfile = out / "weights.safetensors"
         _write_safetensors(weights, wfile)
-    result = {"model": None, "graphs": {}, "weights": str(wfile) if wfile else None, "data": []}
+    result = {"weights": str(wfile)} if wfile else {}
     for gname in program.graphs:
+        if gname in ("model", "weights"):  # model.onnx / the result keys are taken
+            raise LoweringError(f"entry graph name '{gname}' clashes with an ONNX artifact name",
+                                expected="a graph name other than 'model' and 'weights'")
         model = to_onnx_model(program, weights, seed, for_trt, gname, checked=False)
         path = out / model_file(gname)
         big = _tensor_bytes(model) >= external_threshold
@@ -86,10 +90,10 @@ def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bo
             check(None, program, gname, path=str(path))
         else:
             check(model, program, gname)
-        result["graphs"][gname] = str(path)
+        key = "model" if gname == "forward" else gname
+        result[key] = str(path)
         if data:
-            result["data"].append(data)
-    result["model"] = result["graphs"]["forward"]
+            result[f"{key}_data"] = data
     return result
 
 
