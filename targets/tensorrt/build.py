@@ -14,7 +14,7 @@ from nnspec.compiler.errors import LoweringError
 
 from . import backends
 from .files import atomic_write, sha256_bytes, sha256_file
-from .lint import LintReport, from_parser_errors, lint
+from .lint import LintReport, from_parser_errors, lint, lint_onnx
 
 ENGINE_FILE = "model.engine"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -152,7 +152,8 @@ def build_engine(onnx_path, out_dir, program=None, precision: str = "fp32", work
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, log)
     if not parser.parse(fed.SerializeToString(), str(onnx_path.parent)):
-        rep = LintReport(findings=from_parser_errors(parser, program))
+        # The parser does not always say which node failed; the ONNX lint of the same model usually can.
+        rep = LintReport(findings=lint_onnx(model, program) + from_parser_errors(parser, program, fed))
         raise TensorRTBuildError(f"{name} could not parse {onnx_path.name}:\n{rep.render()}", rep)
     config = builder.create_builder_config()
     if workspace:

@@ -139,12 +139,16 @@ def _node_findings(g, n, form: str) -> list[Finding]:
         sup = op.trt_support(n.attrs, ins)
     except NotImplementedError:
         sup = None
+    # `trt_support` judges what the TensorRT build feeds: the op's `to_trt` form where it has one.
+    special = _overrides_to_trt(op)
     if sup is not None and not sup.ok:
-        if form == "trt" and _overrides_to_trt(op):
-            out.append(Finding(n.id, n.op, f"lowered through its TensorRT form ({sup.why or 'plain form unsupported'})",
-                               list(sup.alternatives), "note", n.loc))
-        else:
-            out.append(Finding(n.id, n.op, sup.why or "not supported by TensorRT", list(sup.alternatives), "error", n.loc))
+        out.append(Finding(n.id, n.op, sup.why or "not supported by TensorRT", list(sup.alternatives), "error", n.loc))
+    elif special and form == "onnx":
+        why = f"has a TensorRT-specific form that this plain ONNX lowering does not use{': ' + sup.why if sup and sup.why else ''}"
+        out.append(Finding(n.id, n.op, why, ["build with the TensorRT form (the default of --target trt / trt-rtx)"],
+                           "warning", n.loc))
+    elif special and sup is not None and sup.why:
+        out.append(Finding(n.id, n.op, f"lowered through its TensorRT form: {sup.why}", list(sup.alternatives), "note", n.loc))
     if n.op in NUMEL_PRESERVING and ins:
         lost = set().union(*(set().union(*(symbols(d) for d in t.shape)) for t in ins))
         kept = set().union(*(symbols(d) for t in n.outputs for d in t.shape)) if n.outputs else set()
@@ -273,13 +277,17 @@ def _loop_carry_grows(body) -> bool:
     return False
 
 
-def from_parser_errors(parser, program=None) -> list[Finding]:
-    """Findings from a TensorRT OnnxParser that failed, naming the IR node of each failed ONNX node."""
+def from_parser_errors(parser, program=None, model=None) -> list[Finding]:
+    """Findings from a TensorRT OnnxParser that failed, naming the IR node of each failed ONNX node
+    (by the error's node name, else by its node index in `model`'s top-level graph)."""
     ids = _ir_ids(program)
     out = []
     for i in range(parser.num_errors):
         e = parser.get_error(i)
         name = e.node_name() if hasattr(e, "node_name") else ""
+        idx = e.node() if hasattr(e, "node") else -1
+        if not name and model is not None and 0 <= idx < len(model.graph.node):
+            name = model.graph.node[idx].name
         nid = node_owner(name, ids) if ids and name else name
         opname = e.node_operator() if hasattr(e, "node_operator") else ""
         out.append(Finding(nid, opname or "?", f"TensorRT parser: {e.desc()} ({e.code()})", [], "error",
