@@ -267,7 +267,8 @@ class Codegen:
                 lines.append(f"self.{modpath(n.id)}.{pname} = self.{modpath(tid)}.{tp}  # tied")
         name = class_name or camel(spec.name) + (camel(spec.preset) if spec.preset and spec.preset.lower() != spec.name.lower() else "")
         paper = spec.model.paper
-        root = ClassDef(name, f"{spec.name}: " + ", ".join(f"{k} -> {v}" for k, v in self._io_doc()), lines, methods)
+        ins, outs = self._io_doc()
+        root = ClassDef(name, f"{spec.name}: ({ins}) -> ({outs})", lines, methods)
         self.classes.append(root)
         from nnspec.compiler import __version__
         from nnspec.compiler.cost import cost_report
@@ -282,14 +283,12 @@ class Codegen:
                    + (f", arXiv:{paper.arxiv}" if paper.arxiv else "") + ")") if paper else "",
             helpers=[self.helpers[h].strip() for h in sorted(self.helpers)],
             classes=self.classes)
-        return re.sub(r"\n{3,}(?=\S)", lambda mm: "\n\n\n" if text else mm.group(0), text)
+        return re.sub(r"\n{3,}(?=\S)", "\n\n\n", text).rstrip("\n") + "\n"
 
-    def _io_doc(self):
+    def _io_doc(self) -> tuple[str, str]:
         g = self.program.forward
-        for n in g.inputs():
-            yield n.attrs.name, str(n.outputs[0])
-        for o in g.outputs:
-            yield o, str(g.output_type(o))
+        ins = ", ".join(f"{n.attrs.name}: {n.outputs[0]}" for n in g.inputs())
+        return ins, ", ".join(f"{o}: {g.output_type(o)}" for o in g.outputs)
 
 
 def generate_source(program, class_name: str | None = None) -> tuple[str, str]:
