@@ -123,7 +123,13 @@ class MatMul(Op):
         x, y = ins
         if y.rank == 1:
             return Cost()  # torch runs matrix-vector products as mv/dot, which the flop counter does not count
-        return Cost(flops=D.mul(2, D.mul(x.shape[-1], D.prod(outs[0].shape))))
+        flops = D.mul(2, D.mul(x.shape[-1], D.prod(outs[0].shape)))
+        if x.rank == 1 and y.rank >= 3:
+            # torch.matmul folds vector @ batch-of-one into mv (uncounted) but runs larger batches as
+            # bmm: times (1 - 1//batch), which is 0 for batch 1 and 1 otherwise, keeps that exact.
+            batch = D.prod(y.shape[:-2])
+            flops = D.mul(flops, D.sub(1, D.floordiv(1, batch)))
+        return Cost(flops=flops)
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"torch.matmul({ins[0]}, {ins[1]})")
