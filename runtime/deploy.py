@@ -91,6 +91,11 @@ def deploy_triton(artifact_dir, repo_dir, model_name: str | None = None, max_bat
     if max_batch_size is None:
         rng = (ins[0].get("dims") or {}).get(batch) or {} if batch else {}
         max_batch_size = int(rng.get("max") or 64) if batch else 0
+    prof_max = [pr["max"][0] for pr in (trt.get("profiles") or {}).values() if pr.get("max")]
+    if platform == "trt" and batch and prof_max and max_batch_size > min(prof_max):
+        # Triton would send batches the engine's optimisation profile cannot take.
+        note = f"max_batch_size lowered from {max_batch_size} to the engine profile's max batch {min(prof_max)}"
+        max_batch_size = min(prof_max)
     name = model_name or man.get("spec") or src.name
     dest = Path(repo_dir) / name
     atomic_write(dest / "config.pbtxt", triton_config(name, plat, ins, outs, max_batch_size, dynamic_batching, note))

@@ -80,7 +80,7 @@ class LintReport:
             return f"{self.target} lint: every node is supported"
         order = {s: i for i, s in enumerate(SEVERITIES)}
         lines = [f.line() for f in sorted(self.findings, key=lambda f: (order[f.severity], f.node))]
-        n = len(self.errors)
+        n = len({f.node for f in self.errors})
         head = f"{self.target} lint: {n} node{'s' if n != 1 else ''} will not run" if n else f"{self.target} lint: ok"
         return "\n".join([head] + ["  " + ln for ln in lines])
 
