@@ -14,6 +14,7 @@ also catches an op lowering whose result disagrees with the IR's shape inference
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 
 from nnspec.compiler.errors import LoweringError
 
@@ -29,6 +30,7 @@ def lower_graph(b: Builder, graph, values: dict) -> dict:
             continue
         ins = [values[ref] for ref in graph.inputs_of(n.id)]
         op = n.opdef
+        first = len(b.nodes)
         try:
             fn = op.to_trt if b.for_trt else op.to_onnx
             outs = fn(n.attrs, ins, b.at(n), n)
@@ -41,6 +43,9 @@ def lower_graph(b: Builder, graph, values: dict) -> dict:
                 e.args = (e.message,)
             raise _at(e, n) from None
         b.graph = graph  # a nested subgraph lowering may have pointed it elsewhere
+        where = _where(n)
+        for nd in b.nodes[first:]:
+            nd.doc_string = where
         outs = [outs] if isinstance(outs, str) else list(outs)
         if len(outs) != len(n.outputs):
             raise _at(LoweringError(f"{n.op} '{n.id}' lowered to {len(outs)} ONNX values",
@@ -48,6 +53,14 @@ def lower_graph(b: Builder, graph, values: dict) -> dict:
         for i, name in enumerate(outs):
             values[(n.id, i)] = name
     return values
+
+
+def _where(node) -> str:
+    """The spec position a node came from, as `file.yaml:line` (file name only: artifacts must not
+    depend on where the spec lives)."""
+    if node.loc is None:
+        return f"{node.op} {node.id}"
+    return f"{node.op} {node.id} ({PurePath(node.loc.file).name}:{node.loc.line})"
 
 
 def _at(e: LoweringError, node) -> LoweringError:
@@ -100,12 +113,10 @@ def lower_subgraph(b: Builder, graph, input_types: dict, outer_names: dict, outp
     return helper.make_graph(sub.nodes, graph.name, inputs, outs, value_info=vi)
 
 
-def lower_entry(program, gname: str, weights: dict, for_trt: bool = False):
-    """One entry graph of `program` as an `onnx.ModelProto` (not yet checked)."""
-    from onnx import helper
-
-    from nnspec.compiler import __version__
-
+def lower_values(program, gname: str, weights: dict, for_trt: bool = False):
+    """Lower entry graph `gname`'s nodes: (builder, {(node id, port): ONNX value name}, graph inputs'
+    value infos). The names are those of the model `lower_entry` builds (verify uses them to expose
+    every IR value)."""
     graph = program.graphs[gname]
     b = Builder(weights, for_trt=for_trt, graph=graph)
     values, inputs = {}, []
@@ -119,6 +130,17 @@ def lower_entry(program, gname: str, weights: dict, for_trt: bool = False):
                                 expected="distinct input and output names")
         b.reserve(oname)
     lower_graph(b, graph, values)
+    return b, values, inputs
+
+
+def lower_entry(program, gname: str, weights: dict, for_trt: bool = False):
+    """One entry graph of `program` as an `onnx.ModelProto` (not yet checked)."""
+    from onnx import helper
+
+    from nnspec.compiler import __version__
+
+    graph = program.graphs[gname]
+    b, values, inputs = lower_values(program, gname, weights, for_trt)
     b.node = None
     outs = []
     for oname, ref in graph.outputs.items():
@@ -141,13 +163,15 @@ def check(model, program=None, gname: str = "forward", path: str | None = None):
     import onnx
 
     try:
-        onnx.checker.check_model(path if path is not None else model, full_check=True)
-        if path is not None:
-            onnx.shape_inference.infer_shapes_path(path, path + ".inferred", strict_mode=True, data_prop=True)
-            import os
-            os.remove(path + ".inferred")
-            return None
-        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        if path is None:
+            data = model.SerializeToString()  # once, for both checks (each would serialise again)
+            onnx.checker.check_model(data, full_check=True)
+            return onnx.shape_inference.infer_shapes(data, strict_mode=True, data_prop=True)
+        onnx.checker.check_model(path, full_check=True)  # by path: models over 2 GB use external data
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="nnspec-infer-") as tmp:
+            onnx.shape_inference.infer_shapes_path(path, f"{tmp}/inferred.onnx", strict_mode=True, data_prop=True)
+        return None
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise blame(str(e), program, gname) from None
 
@@ -178,4 +202,4 @@ def _find(program, nid: str):
     return None
 
 
-__all__ = ["lower_entry", "lower_graph", "lower_subgraph", "check", "blame", "OPSET"]
+__all__ = ["lower_entry", "lower_values", "lower_graph", "lower_subgraph", "check", "blame", "OPSET"]
