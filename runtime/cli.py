@@ -26,10 +26,6 @@ from nnspec.compiler.errors import NnspecError
 EXIT_OK, EXIT_SPEC, EXIT_USAGE, EXIT_MISSING = 0, 1, 2, 3
 
 
-class TargetMissing(Exception):
-    """A target's toolchain is not installed (exit code 3)."""
-
-
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="path to a spec .yaml or the name of a bundled spec (see `nnspec list`)")
     p.add_argument("--preset", "-p", help="a named preset of the spec")
@@ -315,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", metavar="ARTIFACT_DIR")
     p.add_argument("--triton", required=True, metavar="REPO_DIR")
     p.add_argument("--name", help="model name in the repository (default: the spec name)")
-    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-batch-size", type=int, help="default: the batch dim's max from the spec (capped by an engine's profile)")
     p.set_defaults(fn=cmd_deploy)
     return ap
 
@@ -327,10 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except NnspecError as e:
         print(e.render(), file=sys.stderr)
-        return EXIT_SPEC
-    except TargetMissing as e:
-        print(f"nnspec: {e}", file=sys.stderr)
-        return EXIT_MISSING
+        # Some errors carry their own code, e.g. a missing TensorRT toolchain exits 3.
+        return getattr(e, "exit_code", EXIT_SPEC)
     except argparse.ArgumentTypeError as e:
         print(f"nnspec: {e}", file=sys.stderr)
         return EXIT_USAGE
