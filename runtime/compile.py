@@ -80,7 +80,7 @@ def compile_artifacts(program, target: str, out_dir: str, weights: str | None = 
         from nnspec.targets.onnx.builder import OPSET
         manifest["onnx"] = {"file": "model.onnx", "opset": OPSET, "for_tensorrt": for_trt}
         if for_trt:
-            backend = require_backend(target)  # raises TargetMissing (exit 3) after the ONNX is written
+            backend = require_backend(target)  # raises TensorRTUnavailable (exit 3) after the ONNX is written
             from nnspec.targets.tensorrt import build_engine
             info = build_engine(out / "model.onnx", out, program=program, precision=precision,
                                 workspace_mb=workspace_mb, opt_level=opt_level, backend=backend)

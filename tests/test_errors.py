@@ -238,3 +238,33 @@ def test_cli_exit_codes_and_no_traceback(tmp_path, capsys):
         main(["check"])
     assert ei.value.code == 2
     assert main(["check", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_yaml_merge_keys(tmp_path):
+    spec = GOOD.replace("params: {width: 8, depth: 2}", "params: &base {width: 8, depth: 2}\npresets:\n  wide: {params: {<<: *base, width: 16}}")
+    p = load(str(write(tmp_path, spec)), preset="wide")
+    assert p.forward.output_type("y").shape == ("N", 16, 16, 16)
+    e = error_of(write(tmp_path, spec.replace("<<: *base", "<<: 3")))
+    assert "merge key" in e.message
+
+
+def test_preset_reported_figures_do_not_inherit_spec_level_ones(tmp_path):
+    spec = GOOD.replace("params: {width: 8, depth: 2}", "params: {width: 8, depth: 2}\nreported: {params: 1.4K}\n"
+                        "presets:\n  wide: {params: {width: 16}}")
+    from nnspec.compiler.spec.load import load_spec
+    assert load_spec(str(write(tmp_path, spec))).reported == {"params": "1.4K"}
+    assert load_spec(str(write(tmp_path, spec)), preset="wide").reported == {}
+
+
+def test_input_range_may_name_a_dim(tmp_path):
+    spec = """\
+    nnspec: 1
+    name: g
+    inputs: {x: {shape: [V, 4]}, src: {shape: [E], dtype: int64, range: [0, V]}}
+    nodes:
+      rows: {op: index_select, in: [x, src], axis: 0}
+    outputs: {y: rows}
+    """
+    p = load(str(write(tmp_path, spec)))
+    assert p.forward.output_type("y").shape == ("E", 4)
+    assert p.forward.node("src").attrs.range == [0, "V"]

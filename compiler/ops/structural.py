@@ -21,7 +21,8 @@ class Input(Op):
 
     class Attrs(Attrs):
         name: str
-        range: Optional[list[Union[int, float]]] = None
+        # [low, high) of generated values; a bound may name a dim symbol (`[0, V]`: node indices).
+        range: Optional[list[Union[int, float, str]]] = None
 
     def infer(self, a, ins):
         raise ShapeError("graph inputs are typed by the spec")

@@ -67,10 +67,13 @@ class LoadedSpec:
 
     @property
     def reported(self) -> dict:
-        rep = dict(self.model.reported)
+        """The paper's figures for what is built: a preset's own, else the spec-level ones.
+
+        Spec-level figures describe the default params, so they never leak into a preset.
+        """
         if self.preset:
-            rep.update(self.model.presets[self.preset].reported)
-        return rep
+            return dict(self.model.presets[self.preset].reported)
+        return dict(self.model.reported)
 
     def loc(self, path: tuple, key: bool = False) -> Location | None:
         if len(path) >= 2 and path[0] == "blocks" and path[1] in self.block_sources:

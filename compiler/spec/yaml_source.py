@@ -19,6 +19,7 @@ from ..errors import Location, SpecError, register_source
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 64
 MAX_VALUES = 200_000
+_MERGE = "tag:yaml.org,2002:merge"
 
 _CORE_TAGS = {
     "tag:yaml.org,2002:" + t
@@ -75,7 +76,18 @@ class _Builder:
         self.src.locs[path] = _mark_loc(self.src.file, node, path)
         if isinstance(node, yaml.MappingNode):
             out = {}
+            merged = {}
             for knode, vnode in node.value:
+                if knode.tag == _MERGE:  # `<<: *base` or `<<: [*a, *b]`: explicit keys win
+                    sources = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+                    for src in sources:
+                        value = self.build(src, path, depth + 1)
+                        if not isinstance(value, dict):
+                            raise SpecError("a merge key (<<) needs a mapping or a list of mappings",
+                                            _mark_loc(self.src.file, src, path))
+                        for k, v in value.items():
+                            merged.setdefault(k, v)
+                    continue
                 if not isinstance(knode, yaml.ScalarNode):
                     raise SpecError("mapping keys must be plain scalars", _mark_loc(self.src.file, knode, path))
                 key = self._scalar(knode, path)
@@ -87,6 +99,8 @@ class _Builder:
                                     hint=f"first defined at {first}" if first else None)
                 self.src.key_locs[path + (key,)] = _mark_loc(self.src.file, knode, path + (key,))
                 out[key] = self.build(vnode, path + (key,), depth + 1)
+            for k, v in merged.items():
+                out.setdefault(k, v)
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(v, path + (i,), depth + 1) for i, v in enumerate(node.value)]
