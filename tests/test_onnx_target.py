@@ -78,6 +78,32 @@ nodes:
 outputs: {h_last: rnn.h, ys: rnn.y, ys_rev: back.y, h_first: back.h}
 """
 
+NESTED = """
+nnspec: 1
+name: nested
+dims: {N: {min: 1, opt: 2, max: 8}, T: {min: 1, opt: 3, max: 16}, U: {min: 1, opt: 4, max: 16}}
+inputs:
+  grid: {shape: [N, T, U, 3, 1], dtype: float32}
+  h0: {shape: [N, 3, 1], dtype: float32}
+blocks:
+  inner:
+    in: [x, h, g]
+    nodes:
+      a: {op: conv1d, in: x, out: 3, kernel: 1}
+      s: {op: add, in: [a, h, g]}
+      hn: {op: tanh}
+    out: {h: hn, y: hn}
+  outer:
+    in: [row, h]
+    nodes:
+      sc: {scan: inner, over: {x: row}, carry: {h: h}, const: {g: h}, axis: 1, reverse: true}
+      m: {op: conv1d, in: sc.h, out: 3, kernel: 1}
+    out: {h: m, ys: sc.y}
+nodes:
+  top: {scan: outer, over: {row: grid}, carry: {h: h0}, axis: 1}
+outputs: {h: top.h, ys: top.ys}
+"""
+
 MULTI = """
 nnspec: 1
 name: multi
@@ -240,6 +266,19 @@ def test_scan_lowers_to_onnx_scan_and_matches_torch(tmp_path):
         # final carried state = last step (first step when reversed); y = relu(h)
         assert np.array_equal(np.maximum(got["h_last"], 0), got["ys"][:, -1])
         assert np.array_equal(np.maximum(got["h_first"], 0), got["ys_rev"][:, 0])
+
+
+def test_nested_scan_reads_outer_scopes(tmp_path):
+    p = load(tmp_path, NESTED)
+    model = to_onnx_model(p)
+    outer = next(a.g for a in model.graph.node[0].attribute if a.name == "body")
+    inner = next(n for n in outer.node if n.op_type == "Scan")
+    inner_body = next(a.g for a in inner.attribute if a.name == "body")
+    assert "top.h" in [i.name for i in outer.input] and len(inner_body.input) == 2  # h, x; g is not passed
+    assert any("top.h" in n.input for n in inner_body.node)  # the const g read from the outer body's scope
+    for vals in ({"N": 2, "T": 3, "U": 4}, {"N": 1, "T": 5, "U": 2}):
+        diffs = parity(p, vals, seed=5)
+        assert_close(diffs, 2)
 
 
 # -- artifacts ------------------------------------------------------------------------------------
