@@ -387,3 +387,17 @@ def test_missing_weight_is_a_lowering_error(tmp_path):
     w["stem.weight"] = w["stem.weight"][:2]
     with pytest.raises(LoweringError, match=r"shape \[4, 3, 3, 3\]"):
         to_onnx_model(p, w)
+
+
+def test_bad_weights_file_is_a_lowering_error(tmp_path):
+    p = load(tmp_path, MULTI)
+    with pytest.raises(LoweringError, match="does not exist"):
+        compile_onnx(p, tmp_path / "o", weights_path=tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(LoweringError, match="cannot read"):
+        compile_onnx(p, tmp_path / "o", weights_path=bad)
+    # torch tensors are accepted as weights too
+    module = build_module(p, seed=9)
+    assert_close(parity(p, {"N": 1, "S": 5}, module=module,
+                        model=to_onnx_model(p, dict(module.state_dict()))), 2)

@@ -128,7 +128,10 @@ class Builder:
         if key not in self._s.weights:
             raise LoweringError(f"no weight '{key}' for node '{node.id}'",
                                 expected="a weights dict keyed by state-dict names (node id + '.' + param)")
-        arr = np.asarray(self._s.weights[key])
+        arr = self._s.weights[key]
+        if hasattr(arr, "detach"):  # a torch tensor (state_dict values) is accepted as well
+            arr = arr.detach().cpu().numpy()
+        arr = np.asarray(arr)
         want = _NUMPY.get(spec.dtype)
         if want and arr.dtype != np.dtype(want):
             arr = arr.astype(want)

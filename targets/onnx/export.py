@@ -28,8 +28,16 @@ def torch_weights(program, seed: int = 0) -> dict:
 
 
 def load_weights(path) -> dict:
+    """{state-dict key: numpy array} from a safetensors file (LoweringError when unreadable)."""
     from safetensors.numpy import load_file
-    return load_file(str(path))
+
+    if not Path(path).is_file():
+        raise LoweringError(f"weights file '{path}' does not exist", expected="a .safetensors file")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise LoweringError(f"cannot read weights file '{path}': {e}",
+                            expected="a .safetensors file keyed by state-dict names") from None
 
 
 def to_onnx_model(program, weights: dict | None = None, seed: int = 0, for_trt: bool = False,
