@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="W.safetensors", help="trained weights to embed (onnx, trt)")
     p.add_argument("--seed", type=int, default=0, help="seed of initial weights when --weights is not given (default 0)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="TensorRT precision")
-    p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT workspace limit in MiB")
+    p.add_argument("--workspace-mb", type=int, help="TensorRT workspace limit in MiB (default: TensorRT's own)")
     p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level (0-5)")
     p.set_defaults(fn=cmd_compile)
 

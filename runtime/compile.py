@@ -49,7 +49,7 @@ def base_manifest(program, target: str, seed: int, weights: str | None) -> dict:
 
 
 def compile_artifacts(program, target: str, out_dir: str, weights: str | None = None, seed: int = 0,
-                      precision: str = "fp32", workspace_mb: int = 1024, opt_level: int = 3) -> list[str]:
+                      precision: str = "fp32", workspace_mb: int | None = None, opt_level: int = 3) -> list[str]:
     """Write the artifacts of `target` into `out_dir`; returns the file names written."""
     from nnspec.runtime.artifacts import atomic_write, sha256_file, write_manifest
 

@@ -206,7 +206,7 @@ def test_attribute_names_follow_the_catalog():
         "transpose": {"perm"}, "swap": {"a", "b"}, "slice": {"axis", "start", "end", "step"},
         "concat": {"axis"}, "split": {"axis", "sizes"}, "stack": {"axis"}, "matmul": set(),
         "scale": {"factor"}, "mean": {"axes", "keepdim"}, "max": {"axes", "keepdim"},
-        "parameter": {"shape", "init", "std"}, "zeros_like": set(), "gaussian_sample": set(),
+        "parameter": {"shape", "fill", "std"}, "zeros_like": set(), "gaussian_sample": set(),
     }
     for name, fields in want.items():
         assert set(registry()[name].Attrs.model_fields) == fields, name

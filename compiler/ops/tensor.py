@@ -372,7 +372,8 @@ class Parameter(Op):
 
     class Attrs(Attrs):
         shape: list[int]
-        init: Literal["normal", "trunc_normal", "uniform", "zeros", "ones"] = "normal"
+        # `fill`, not `init`: `init:` is the per-node key that overrides any op's initialisers.
+        fill: Literal["normal", "trunc_normal", "uniform", "zeros", "ones"] = "normal"
         std: float = 1.0
 
     def infer(self, a, ins):
@@ -382,12 +383,12 @@ class Parameter(Op):
 
     def params(self, a, ins):
         from ..ir.graph import ParamSpec
-        return {"weight": ParamSpec(tuple(a.shape), init=a.init)}
+        return {"weight": ParamSpec(tuple(a.shape), init=a.fill)}
 
     def to_torch(self, a, ins, m, node):
         kw = {}
-        if a.init != "normal":
-            kw["init"] = a.init
+        if a.fill != "normal":
+            kw["init"] = a.fill
         if a.std != 1.0:
             kw["std"] = a.std
         return TorchCode(expr=f"{m}()", init=f"LearnedTensor({fmt_args(*a.shape, **kw)})", helpers=("LearnedTensor",))
