@@ -57,8 +57,9 @@ def example_inputs(program, values: dict | None = None, seed: int = 0, graph: st
         elif t.dtype == "bool":
             out[n.attrs.name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            lo, hi = (n.attrs.range or [0, 2])[:2]
-            out[n.attrs.name] = rng.integers(int(lo), int(hi), shape).astype(t.dtype)
+            lo, hi = (int(x) if isinstance(x, (int, float)) else resolve(x, vals)  # a range may name a dim
+                      for x in list(n.attrs.range or [0, 2])[:2])
+            out[n.attrs.name] = rng.integers(lo, hi, shape).astype(t.dtype)
     return out
 
 
