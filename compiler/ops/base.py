@@ -75,6 +75,9 @@ class Op:
     arity: ClassVar[tuple] = (1, 1)
     fusion: ClassVar[str] = "opaque"
     train_dependent: ClassVar[bool] = False  # behaves differently in train and eval
+    # False where torch's FlopCounterMode cannot see the op's work on CPU (fused kernels); the cost
+    # model still counts the real FLOPs, and agreement tests only require cost >= counter there.
+    flop_counter_counts: ClassVar[bool] = True
     # Code a generated torch file needs for this op (helper classes/functions), by name; a
     # `TorchCode.helpers` entry names one. Plain torch, so generated files stay standalone.
     torch_snippets: ClassVar[dict] = {}
