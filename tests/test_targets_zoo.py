@@ -1,0 +1,96 @@
+"""Every bundled spec and preset through the inference targets:
+
+  * ONNX: the full checker and strict shape inference pass (inside `to_onnx_model`), the file is
+    byte-identical when built in another process, and onnxruntime (CPU, 1 thread) equals the
+    generated torch module with the same weights at the declared shape and at a second shape with
+    different dynamic dims: fp32 max abs error <= 1e-4, integer outputs exact;
+  * TensorRT-RTX parses the ONNX and builds an engine with a min/opt/max profile (no GPU needed;
+    running engines needs one and is not part of the suite).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+import nnspec.compiler as c
+from nnspec.compiler.spec.load import bundled_specs, load_spec
+from nnspec.targets.onnx.export import to_onnx_model
+from nnspec.targets.onnx.runner import parity
+from nnspec.targets.torch.build import build_module
+
+CASES = [(p.stem, preset) for p in bundled_specs() for preset in (list(load_spec(p).model.presets) or [None])]
+IDS = [f"{s}-{p}" for s, p in CASES]
+TOL = 1e-4
+
+
+def _second_shape(program) -> dict:
+    """Symbol values that differ from the declared (`opt`) ones, inside the declared range."""
+    vals = {}
+    for sym, r in program.forward.symbols.items():
+        opt = r.get("opt") or r.get("min") or 1
+        hi = r.get("max") or opt + 3
+        vals[sym] = opt + 1 if opt + 1 <= hi else max(r.get("min") or 1, opt - 1)
+    return vals
+
+
+def _model(spec, preset):
+    program = c.load(spec, preset)
+    module = build_module(program, seed=0).eval()
+    weights = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    return program, module, to_onnx_model(program, weights)
+
+
+@pytest.mark.parametrize("spec,preset", CASES, ids=IDS)
+def test_onnxruntime_equals_torch_at_two_shapes(spec, preset):
+    program, module, model = _model(spec, preset)
+    symbols = {d.dim_param for i in model.graph.input for d in i.type.tensor_type.shape.dim if d.dim_param}
+    assert "N" in symbols  # the batch stays dynamic
+    first = {s: (r.get("opt") or r.get("min") or 1) for s, r in program.forward.symbols.items()}
+    second = _second_shape(program)
+    assert first != second
+    for values in (first, second):
+        diff = parity(program, values, seed=0, module=module, model=model)
+        for name, err in diff.items():
+            assert err <= TOL, f"{spec}/{preset} output {name} at {values}: max abs error {err}"
+
+
+HASH_SCRIPT = """
+import hashlib, json, sys
+import nnspec.compiler as c
+from nnspec.targets.onnx.export import to_onnx_model
+out = {}
+for spec, preset in json.loads(sys.argv[1]):
+    model = to_onnx_model(c.load(spec, preset), seed=0)
+    out[f"{spec}-{preset}"] = hashlib.sha256(model.SerializeToString()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_onnx_bytes_identical_across_processes():
+    runs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", HASH_SCRIPT, json.dumps(CASES)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs.append(json.loads(r.stdout))
+    assert runs[0] == runs[1]
+    assert len(set(runs[0].values())) == len(CASES)  # and the presets really differ
+
+
+@pytest.mark.parametrize("spec,preset", CASES, ids=IDS)
+def test_tensorrt_rtx_builds_an_engine(spec, preset, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is part of the dev install (`.[dev]`)")
+    from nnspec.targets.onnx.export import compile_onnx
+    from nnspec.targets.tensorrt import build_engine
+
+    program = c.load(spec, preset)
+    files = compile_onnx(program, tmp_path, seed=0, for_trt=True)
+    info = build_engine(files["model"], tmp_path, program=program, precision="fp32", opt_level=0, backend="trt-rtx")
+    engine = tmp_path / "model.engine"
+    assert engine.stat().st_size > 1000
+    assert info["sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest() if "sha256" in info else True
+    prof = json.dumps(info["profiles"])
+    assert "min" in prof and "opt" in prof and "max" in prof
