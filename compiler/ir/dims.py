@@ -20,25 +20,124 @@ SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64
          "int32": "i32", "bool": "b8", "uint8": "u8", "int8": "i8"}
 
 
-def _wrap(d) -> str:
+class _Lin:
+    """A dim in canonical form: integer constant + sum of coefficient * atom.
+
+    Atoms are symbols (`T`), floor divisions by a constant of a canonical form (`(T+1)//2`) or
+    products of non-constant dims. Since dims are integers, `(k*q*x + r) // k == q*x + r // k`,
+    which moves whole multiples out of a division; so equal conv/pool arithmetic written in
+    different orders renders to the same string.
+    """
+
+    __slots__ = ("terms", "const")
+
+    def __init__(self, terms=None, const: int = 0):
+        self.terms = {k: v for k, v in (terms or {}).items() if v}
+        self.const = const
+
+    @staticmethod
+    def of(d) -> "_Lin":
+        if isinstance(d, _Lin):
+            return d
+        if isinstance(d, int):
+            return _Lin({}, d)
+        return _parse(ast.parse(str(d), mode="eval").body)
+
+    def scaled(self, k: int) -> "_Lin":
+        return _Lin({a: c * k for a, c in self.terms.items()}, self.const * k)
+
+    def plus(self, o: "_Lin", sign: int = 1) -> "_Lin":
+        t = dict(self.terms)
+        for a, c in o.terms.items():
+            t[a] = t.get(a, 0) + sign * c
+        return _Lin(t, self.const + sign * o.const)
+
+    def times(self, o: "_Lin") -> "_Lin":
+        if not o.terms:
+            return self.scaled(o.const)
+        if not self.terms:
+            return o.scaled(self.const)
+        a, b = sorted((_wrap_atom(self.render()), _wrap_atom(o.render())))
+        return _Lin({f"{a}*{b}": 1})
+
+    def floordiv(self, o: "_Lin") -> "_Lin":
+        if o.terms:
+            return _Lin({f"{_wrap_atom(self.render())}//{_wrap_atom(o.render())}": 1})
+        k = o.const
+        if not self.terms:
+            return _Lin({}, self.const // k)
+        if k == 1:
+            return self
+        out, inner = {}, {}
+        for a, c in self.terms.items():
+            q, r = divmod(c, k)
+            if q:
+                out[a] = q
+            if r:
+                inner[a] = r
+        q0, r0 = divmod(self.const, k)
+        rest = _Lin(inner, r0)
+        if rest.terms:
+            out[f"({rest.render()})//{k}"] = 1
+        return _Lin(out, q0)  # rest without terms is 0 <= r0 < k, so r0 // k == 0
+
+    def render(self):
+        if not self.terms:
+            return self.const
+        parts = []
+        for a in sorted(self.terms):
+            c = self.terms[a]
+            body = a if c in (1, -1) else f"{abs(c)}*{_wrap_atom(a)}"
+            parts.append(("-" if c < 0 else "+") + body)
+        if self.const:
+            parts.append(("-" if self.const < 0 else "+") + str(abs(self.const)))
+        text = "".join(parts)
+        return text[1:] if text.startswith("+") else text
+
+
+def _wrap_atom(d) -> str:
     s = str(d)
-    return s if s.isidentifier() or s.lstrip("-").isdigit() else f"({s})"
+    return s if s.isidentifier() or s.lstrip("-").isdigit() or _balanced_atom(s) else f"({s})"
+
+
+def _balanced_atom(s: str) -> bool:
+    """True for a single parenthesised division atom such as `(T+1)//2` (no top-level + or -)."""
+    depth = 0
+    for ch in s:
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0 and ch in "+-":
+            return False
+    return s.startswith("(")
+
+
+def _parse(n) -> _Lin:
+    if isinstance(n, ast.Constant) and isinstance(n.value, int):
+        return _Lin({}, n.value)
+    if isinstance(n, ast.Name):
+        return _Lin({n.id: 1})
+    if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
+        return _parse(n.operand).scaled(-1)
+    if isinstance(n, ast.BinOp):
+        a, b = _parse(n.left), _parse(n.right)
+        if isinstance(n.op, ast.Add):
+            return a.plus(b)
+        if isinstance(n.op, ast.Sub):
+            return a.plus(b, -1)
+        if isinstance(n.op, ast.Mult):
+            return a.times(b)
+        if isinstance(n.op, ast.FloorDiv):
+            return a.floordiv(b)
+    raise ValueError(f"unsupported dim expression {ast.unparse(n)!r}")
 
 
 def _bin(a, b, op: str, fn):
     if isinstance(a, int) and isinstance(b, int):
         return fn(a, b)
-    if op in ("+", "-") and b == 0:
-        return a
-    if op == "+" and a == 0:
-        return b
-    if op in ("*", "//") and b == 1:
-        return a
-    if op == "*" and a == 1:
-        return b
-    if op == "*" and (a == 0 or b == 0):
-        return 0
-    return f"{_wrap(a)}{op}{_wrap(b)}"
+    la, lb = _Lin.of(a), _Lin.of(b)
+    out = {"+": lambda: la.plus(lb), "-": lambda: la.plus(lb, -1), "*": lambda: la.times(lb),
+           "//": lambda: la.floordiv(lb)}[op]()
+    return out.render()
 
 
 def add(a, b):
@@ -55,6 +154,11 @@ def mul(a, b):
 
 def floordiv(a, b):
     return _bin(a, b, "//", operator.floordiv)
+
+
+def canonical(d):
+    """The canonical form of a dim (an int when it folds to a constant)."""
+    return d if isinstance(d, int) else _Lin.of(d).render()
 
 
 def conv_out(size, kernel: int, stride: int, padding: int, dilation: int = 1, ceil: bool = False):
