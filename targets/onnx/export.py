@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nnspec.compiler.errors import LoweringError
 
+from ..files import atomic_write
 from .lower import check, lower_entry
 
 PROTOBUF_LIMIT = 2 * 1024 ** 3
@@ -113,7 +114,7 @@ def write_model(model, path, external: bool = False) -> str | None:
 
     path = Path(path)
     if not external:
-        _atomic_bytes(path, model.SerializeToString(deterministic=True))
+        atomic_write(path, model.SerializeToString(deterministic=True))
         return None
     data_name = path.name + ".data"
     m = onnx.ModelProto()
@@ -131,25 +132,12 @@ def write_model(model, path, external: bool = False) -> str | None:
     return str(path.parent / data_name)
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_safetensors(weights: dict, path: Path) -> None:
     import numpy as np
     from safetensors.numpy import save
 
     data = save({k: np.ascontiguousarray(v) for k, v in sorted(weights.items())}, metadata={"format": "nnspec"})
-    _atomic_bytes(path, data)
+    atomic_write(path, data)
 
 
 def _tensor_bytes(model) -> int:

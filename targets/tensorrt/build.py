@@ -13,7 +13,7 @@ from pathlib import Path
 from nnspec.compiler.errors import LoweringError
 
 from . import backends
-from .files import atomic_write, sha256_bytes, sha256_file
+from ..files import atomic_write, sha256_bytes, sha256_file
 from .lint import LintReport, from_parser_errors, lint, lint_onnx
 
 ENGINE_FILE = "model.engine"
