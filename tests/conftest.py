@@ -69,18 +69,8 @@ def flop_counter_total(module, inputs, method: str = "forward") -> int:
 def declared_inputs(program, values: dict | None = None, graph: str = "forward", seed: int = 0) -> list:
     """Torch tensors for the graph's inputs at the cost model's dim values (N=1, else `opt`)."""
     from nnspec.compiler.cost import dim_values
-    from nnspec.compiler.ir.dims import resolve
+    from nnspec.targets.inputs import example_inputs
 
     g = program.graphs[graph]
-    vals = dim_values(g, values)
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for n in g.inputs():
-        t = n.outputs[0]
-        shape = tuple(resolve(d, vals) for d in t.shape)
-        if t.dtype.startswith("float"):
-            out.append(torch.randn(shape, generator=gen, dtype=getattr(torch, t.dtype)))
-        else:
-            lo, hi = (n.attrs.range or [0, 2])[:2]
-            out.append(torch.randint(int(lo), int(hi), shape, generator=gen, dtype=getattr(torch, t.dtype)))
-    return out
+    arrays = example_inputs(program, dim_values(g, values), seed, graph)
+    return [torch.from_numpy(arrays[n.attrs.name]) for n in g.inputs()]

@@ -32,3 +32,10 @@ def test_symbolic_conv_chains_evaluate_like_integers(layers, size):
         sym, val = D.conv_out(sym, k, s, p, d, ceil), D.conv_out(val, k, s, p, d, ceil)
     assert D.resolve(sym, {"S": size}) == val
     assert D.canonical(sym) == sym  # rendering is a fixed point
+
+
+def test_negative_division_atoms_keep_their_meaning():
+    e = D.sub(1, D.floordiv(1, "N"))  # 0 for N=1, else 1
+    assert [D.resolve(e, {"N": n}) for n in (1, 2, 5)] == [0, 1, 1]
+    e = D.sub("T", D.conv_out("T", 3, 2, 1))  # T - (T+1)//2
+    assert [D.resolve(e, {"T": t}) for t in (4, 5)] == [2, 2]

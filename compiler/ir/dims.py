@@ -87,7 +87,11 @@ class _Lin:
         parts = []
         for a in sorted(self.terms):
             c = self.terms[a]
-            body = a if c in (1, -1) else f"{abs(c)}*{_wrap_atom(a)}"
+            if c in (1, -1):
+                # unary minus binds tighter than //: "-(T+1)//2" would mean (-(T+1))//2
+                body = a if c == 1 or a.isidentifier() else f"({a})"
+            else:
+                body = f"{abs(c)}*{_wrap_atom(a)}"
             parts.append(("-" if c < 0 else "+") + body)
         if self.const:
             parts.append(("-" if self.const < 0 else "+") + str(abs(self.const)))

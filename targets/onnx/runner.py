@@ -8,7 +8,7 @@ largest difference per output. The zoo-wide parity test builds on these.
 from __future__ import annotations
 
 from nnspec.compiler.errors import LoweringError
-from nnspec.compiler.ir.dims import resolve
+from nnspec.targets.inputs import example_inputs  # noqa: F401  (part of this module's API)
 
 
 def ort_session(model_or_path, threads: int = 1, providers: tuple = ("CPUExecutionProvider",)):
@@ -30,37 +30,6 @@ def run_ort(session, inputs: dict) -> dict:
     names = [o.name for o in session.get_outputs()]
     feed = {i.name: inputs[i.name] for i in session.get_inputs()}
     return dict(zip(names, session.run(names, feed)))
-
-
-def example_inputs(program, values: dict | None = None, seed: int = 0, graph: str = "forward") -> dict:
-    """Random inputs of entry `graph` for symbol values `values` (default: each dim's `opt`).
-
-    Floats are standard normal; integer inputs are uniform in their declared `range` [lo, hi)
-    (default [0, 2)); bools are random.
-    """
-    import numpy as np
-
-    g = program.graphs[graph]
-    vals = {k: v.get("opt") or v.get("min") or 1 for k, v in g.symbols.items()}
-    vals.update(values or {})
-    rng = np.random.default_rng(seed)
-    out = {}
-    for n in g.inputs():
-        t = n.outputs[0]
-        try:
-            shape = tuple(resolve(d, vals) for d in t.shape)
-        except KeyError as e:
-            raise LoweringError(f"no value for dim symbol {e} of input '{n.attrs.name}'",
-                                expected="values for every symbolic dim") from None
-        if t.dtype.startswith("float"):
-            out[n.attrs.name] = rng.standard_normal(shape).astype(t.dtype)
-        elif t.dtype == "bool":
-            out[n.attrs.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            lo, hi = (int(x) if isinstance(x, (int, float)) else resolve(x, vals)  # a range may name a dim
-                      for x in list(n.attrs.range or [0, 2])[:2])
-            out[n.attrs.name] = rng.integers(lo, hi, shape).astype(t.dtype)
-    return out
 
 
 def torch_outputs(module, program, inputs: dict, graph: str = "forward") -> dict:
