@@ -173,19 +173,11 @@ def _run_scan(n, ins, cell, torch):
 
 # -- onnxruntime values of every IR node ----------------------------------------------------------
 def onnx_value_names(program, weights: dict, for_trt: bool = False, graph: str = "forward") -> dict:
-    """{(node id, port): ONNX value name} of the top-level graph (lowering is deterministic, so the
-    names equal those in the model `to_onnx_model` builds for the same program)."""
-    from nnspec.targets.onnx.builder import Builder
-    from nnspec.targets.onnx.lower import lower_graph
+    """{(node id, port): ONNX value name} of the top-level graph: the names of the model
+    `to_onnx_model` builds for the same program (the ONNX target's own lowering walk)."""
+    from nnspec.targets.onnx.lower import lower_values
 
-    g = program.graphs[graph]
-    b = Builder(weights, for_trt=for_trt, graph=g)
-    values = {}
-    for n in g.inputs():
-        values[(n.id, 0)] = b.reserve(n.attrs.name)
-    for oname in g.outputs:
-        b.reserve(oname)
-    return lower_graph(b, g, values)
+    return lower_values(program, graph, weights, for_trt)[1]
 
 
 def expose_values(model, names: list):
