@@ -33,6 +33,7 @@ from ..spec.models import BLOCK_NODE_KEYS, COMMON_NODE_KEYS, SCAN_NODE_KEYS, Arg
 MAX_NODES = 200_000
 MAX_REPEAT = 100_000
 MAX_BLOCK_DEPTH = 32
+RESERVED_GRAPH_NAMES = {"forward", "model", "weights"}
 
 
 class _Poison:
@@ -394,8 +395,10 @@ def expand(spec: LoadedSpec) -> dict[str, Graph]:
     m = spec.model
     graphs = {"forward": ex.graph("forward", m.inputs, m.nodes, m.outputs, ())}
     for gname, gs in m.graphs.items():
-        if gname == "forward":
-            ex.errors.append(SpecError("graph name 'forward' is taken by the main graph", spec.loc(("graphs", gname), key=True)))
+        if gname in RESERVED_GRAPH_NAMES:
+            ex.errors.append(SpecError(f"graph name '{gname}' is reserved", spec.loc(("graphs", gname), key=True),
+                                       expected="a name other than forward (the main graph), model and weights "
+                                                "(artifact files)"))
             continue
         graphs[gname] = ex.graph(gname, gs.inputs, gs.nodes, gs.outputs, ("graphs", gname))
     if ex.errors:
