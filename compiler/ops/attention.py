@@ -280,7 +280,6 @@ class AdditiveAttention(Op):
 
     arity = (2, 2)
     fusion = "opaque"
-    flop_counter_counts = True
     torch_snippets = {"AdditiveAttention": ADDITIVE_SNIPPET}
 
     def outputs(self, a):

@@ -35,7 +35,6 @@ class Gather(Op):
     Attrs = AxisAttrs
     arity = (2, 2)
     fusion = "injective"
-    flop_counter_counts = True
 
     def infer(self, a, ins):
         x, index = ins
@@ -63,7 +62,6 @@ class IndexSelect(Op):
     Attrs = AxisAttrs
     arity = (2, 2)
     fusion = "injective"
-    flop_counter_counts = True
 
     def infer(self, a, ins):
         x, index = ins
@@ -90,7 +88,6 @@ class ScatterAdd(Op):
     Attrs = ScatterAttrs
     arity = (3, 3)
     fusion = "opaque"
-    flop_counter_counts = True
 
     def infer(self, a, ins):
         target, index, src = ins

@@ -46,7 +46,6 @@ class PositionalEncoding(Op):
     Attrs = PeAttrs
     fusion = "elementwise"
     train_dependent = True  # dropout
-    flop_counter_counts = True  # an add: no FLOPs in the counter's convention
     torch_snippets = {"PositionalEncoding": SNIPPET}
 
     def infer(self, a, ins):

@@ -204,7 +204,6 @@ class Cell(Op):
 
     names = ["lstm_cell", "gru_cell", "rnn_cell"]
     fusion = "opaque"
-    flop_counter_counts = True
 
     def kind(self) -> str:
         return self.name.split("_")[0]
