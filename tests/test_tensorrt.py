@@ -176,3 +176,14 @@ def test_engine_from_elsewhere_names_the_rebuild_command(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "cuda_device", lambda: (None, None))
     with pytest.raises(EngineMismatch, match="needs a CUDA GPU"):
         check_compatible(man, tmp_path)
+
+
+def test_cli_target_trt_without_tensorrt_exits_3_with_one_line(tmp_path, monkeypatch, capsys):
+    from nnspec.runtime.cli import main
+
+    monkeypatch.setattr(backends, "import_backend", lambda name: None)
+    code = main(["compile", str(SPECS / "mini_conv.yaml"), "--target", "trt", "-o", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 3
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "nnspec[trt-rtx]" in err
+    assert (tmp_path / "model.onnx").is_file()
