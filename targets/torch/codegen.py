@@ -53,6 +53,13 @@ def camel(name: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in re.split(r"[_\W]+", name) if p) or "Block"
 
 
+def class_name_for(spec: str, preset: str | None) -> str:
+    """resnet/resnet50 -> Resnet50, alexnet/paper -> AlexnetPaper, mlp -> Mlp."""
+    if not preset:
+        return camel(spec)
+    return camel(preset) if preset.lower().startswith(spec.lower()) else camel(spec) + camel(preset)
+
+
 def init_line(target: str, spec) -> str:
     if isinstance(spec, str):
         name, kw = spec, {}
@@ -265,7 +272,7 @@ class Codegen:
             for pname, target in sorted(n.ties.items()):
                 tid, _, tp = target.rpartition(".")
                 lines.append(f"self.{modpath(n.id)}.{pname} = self.{modpath(tid)}.{tp}  # tied")
-        name = class_name or camel(spec.name) + (camel(spec.preset) if spec.preset and spec.preset.lower() != spec.name.lower() else "")
+        name = class_name or class_name_for(spec.name, spec.preset)
         paper = spec.model.paper
         ins, outs = self._io_doc()
         root = ClassDef(name, f"{spec.name}: ({ins}) -> ({outs})", lines, methods)
