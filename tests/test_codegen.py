@@ -49,8 +49,21 @@ def test_ir_dump_golden(tmp_path):
 
 def test_repeat_becomes_module_list_with_shared_classes(tmp_path):
     src, _ = generate_source(load(_spec(tmp_path, GOOD.replace('repeat: "${depth}"', "repeat: 5"))))
-    assert "self.body = nn.ModuleList([Res(), Res(), Res(), Res(), Res()])" in src
+    assert "self.body = nn.ModuleList([Res() for _ in range(5)])" in src
     assert src.count("class Res(") == 1
+    # a chained repeat is a loop over the ModuleList
+    assert "for block in self.body:  # 5 x block res\n            body = block(body)" in src
+
+
+def test_repeat_whose_inner_values_escape_is_unrolled(tmp_path):
+    spec = GOOD.replace("  body: {block: res, repeat: \"${depth}\", args: {planes: \"${width}\"}}",
+                        "  body: {block: res, repeat: 2, args: {planes: \"${width}\"}}\n  more: {block: res, in: body, args: {planes: 8}}")
+    p = load(_spec(tmp_path, spec.replace("{y: body}", "{y: more}")))
+    assert "for block in self.body" in generate_source(p)[0]
+    # a graph output inside the chain forces one call per instance
+    p.forward.outputs["early"] = p.forward.instances["body.0"].out_refs[0]  # expose an inner value
+    src, _ = generate_source(p)
+    assert "for block in self.body" not in src and "body_0 = self.body[0](stem)" in src
 
 
 def test_state_dict_keys_are_node_ids_and_module_runs(tmp_path):

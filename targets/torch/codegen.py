@@ -97,7 +97,8 @@ class Codegen:
         self.program = program
         self.classes: list[ClassDef] = []
         self.by_body: dict[str, str] = {}
-        self.helpers: dict[str, str] = {}  # snippet name -> code, from the ops' `torch_snippets`
+        self.helpers: dict[str, str] = {}
+        self._loop_vars: set = set()  # snippet name -> code, from the ops' `torch_snippets`
 
     # -- classes ------------------------------------------------------------------------------
     def add_class(self, base: str, cls: ClassDef) -> str:
@@ -137,7 +138,13 @@ class Codegen:
                     if key in emitted:
                         continue
                     emitted.add(key)
-                    self.instance_call(g, key, depth + (2 if sc.kind == "list" else 1), sc, ids, init, m, names, used)
+                    sub_depth = depth + (2 if sc.kind == "list" else 1)
+                    chain = self.chained_list(g, key) if sc.kind == "list" and key.endswith(".0") else None
+                    if chain:
+                        emitted.update(chain)
+                        self.loop_call(g, chain, sub_depth, sc, ids, init, m, names, used)
+                    else:
+                        self.instance_call(g, key, sub_depth, sc, ids, init, m, names, used)
                     continue
                 self.node_lines(g, n, init, m, names, used)
             outs = [names[ref] for ref in self.returns(g, mname)]
@@ -146,7 +153,11 @@ class Codegen:
         lines = []
         for attr, val in init.items():
             if isinstance(val, list) and val and val[0] == "__list__":
-                lines.append(f"self.{attr} = nn.ModuleList([{', '.join(c + '()' for c in val[1:])}])")
+                classes = val[1:]
+                if len(set(classes)) == 1 and len(classes) > 2:
+                    lines.append(f"self.{attr} = nn.ModuleList([{classes[0]}() for _ in range({len(classes)})])")
+                else:
+                    lines.append(f"self.{attr} = nn.ModuleList([{', '.join(c + '()' for c in classes)}])")
             else:
                 lines.extend(val if isinstance(val, list) else [val])
         return lines, methods
@@ -161,7 +172,42 @@ class Codegen:
         used.add(name)
         return name
 
-    def instance_call(self, g, key, depth, sc, ids, init, m, names, used):
+    def chained_list(self, g: Graph, first: str) -> list | None:
+        """Keys of a repeat's instances when they form a simple chain (one input, one output, each
+        instance feeding only the next), so forward can loop over the ModuleList; else None."""
+        base = first[:-2]
+        keys = []
+        while f"{base}.{len(keys)}" in g.instances:
+            keys.append(f"{base}.{len(keys)}")
+        insts = [g.instances[k] for k in keys]
+        if len(keys) < 2 or any(len(i.in_refs) != 1 or len(i.out_refs) != 1 for i in insts):
+            return None
+        outputs = set(g.outputs.values())
+        for k, (a, b) in enumerate(zip(insts, insts[1:])):
+            if b.in_refs != a.out_refs or a.out_refs[0] in outputs:
+                return None
+            src, port = a.out_refs[0]
+            if any(not dst.startswith(keys[k + 1] + ".") for dst, _, p in g.users(src) if p == port):
+                return None
+        return keys
+
+    def loop_call(self, g, keys, depth, sc, ids, init, m, names, used):
+        """`h = x; for block in self.layers: h = block(h)` for a chained repeat."""
+        for key in keys:  # classes and ModuleList entries, as for separate calls
+            self.instance_call(g, key, depth, sc, ids, init, m, names, used, emit=False)
+        first, last = g.instances[keys[0]], g.instances[keys[-1]]
+        attr = ident(keys[0].split(".")[-2])
+        var = self.fresh(attr, used)
+        # One loop variable per method: reuse it across loops unless a value took the name first.
+        item = "block" if "block" not in used or ("block", id(m)) in self._loop_vars else self.fresh("block", used)
+        used.add(item)
+        self._loop_vars.add((item, id(m)))
+        m.lines.append(f"{var} = {names[first.in_refs[0]]}")
+        m.lines.append(f"for {item} in self.{attr}:  # {len(keys)} x block {first.block}")
+        m.lines.append(f"    {var} = {item}({var})")
+        names[last.out_refs[0]] = var
+
+    def instance_call(self, g, key, depth, sc, ids, init, m, names, used, emit: bool = True):
         inst = g.instances[key]
         sub_ids = [i for i in ids if i.startswith(key + ".")]
         args = [(ref, ident(n)) for ref, n in zip(inst.in_refs, inst.in_names)]
@@ -181,6 +227,8 @@ class Codegen:
             init[attr] = f"self.{attr} = {cname}()"
             target = f"self.{attr}"
             base = parts[-1]
+        if not emit:
+            return
         call = f"{target}({', '.join(names[r] for r in inst.in_refs)})"
         self.bind(inst.out_refs, inst.out_names, base, call, m, names, used, f"block {inst.block}")
 

@@ -34,6 +34,7 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         stem = self.stem(x)  # f32[N,8,16,16]  tiny.yaml:15
-        body_0 = self.body[0](stem)  # block res
-        body_1 = self.body[1](body_0)  # block res
-        return body_1
+        body = stem
+        for block in self.body:  # 2 x block res
+            body = block(body)
+        return body
