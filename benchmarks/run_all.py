@@ -33,10 +33,15 @@ def run(name: str, quick: bool) -> str:
     return out + f"\n\n(script wall time {took:.0f} s)\n"
 
 
+def nested(text: str) -> str:
+    """The scripts' `## title` lines one level down, so they sit under the document's results heading."""
+    return "\n".join("#" + line if line.startswith("## ") else line for line in text.splitlines())
+
+
 def write_block(text: str) -> None:
     """Replace the results block of BENCHMARKS.md atomically (the block is appended if missing)."""
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
+    block = f"{BEGIN}\n{nested(text).rstrip()}\n{END}"
     if BEGIN in doc and END in doc:
         head, rest = doc.split(BEGIN, 1)
         doc = head + block + rest.split(END, 1)[1]
