@@ -33,10 +33,16 @@ class _Shared:
     """State shared by a main graph's builder and every subgraph builder under it."""
 
     def __init__(self, weights: dict, for_trt: bool):
+        import onnx
+
         self.weights = weights
         self.for_trt = for_trt
         self.used: set[str] = set()
-        self.initializers: list = []  # onnx.TensorProto, in creation order
+        # The model is created up front and initializers are written straight into its graph: a
+        # protobuf message appended to a repeated field is copied, and for a 100 MB model the
+        # copies cost more than the whole lowering.
+        self.model = onnx.ModelProto()
+        self.initializers = self.model.graph.initializer  # onnx.TensorProto, in creation order
         self.param_names: dict[str, str] = {}  # state-dict key -> initializer name
         self.consts: dict[tuple, str] = {}  # (dtype, shape, bytes) -> initializer name
 
@@ -139,7 +145,7 @@ class Builder:
             raise LoweringError(f"weight '{key}' has shape {list(arr.shape)}",
                                 expected=f"shape {list(spec.shape)} (from the spec)")
         name = self.reserve(key) if key not in self._s.used else self.unique(key)
-        self._s.initializers.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        _tensor(self._s.initializers.add(), np.ascontiguousarray(arr), name)
         self._s.param_names[key] = name
         return name
 
@@ -154,7 +160,7 @@ class Builder:
         key = (dtype, arr.shape, arr.tobytes())
         if key not in self._s.consts:
             name = self.unique("const")
-            self._s.initializers.append(numpy_helper.from_array(arr, name))
+            _tensor(self._s.initializers.add(), arr, name)
             self._s.consts[key] = name
         return self._s.consts[key]
 
@@ -201,6 +207,16 @@ class Builder:
         """
         from .lower import lower_subgraph
         return lower_subgraph(self, graph, input_types, outer_names or {}, outputs)
+
+
+def _tensor(t, arr, name: str) -> None:
+    """Fill TensorProto `t` (already in its graph) with `arr` as little-endian raw data."""
+    from onnx import helper
+
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    t.raw_data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def value_info(name: str, t, elem_type: int | None = None):

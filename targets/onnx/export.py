@@ -94,11 +94,14 @@ def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bo
         model = to_onnx_model(program, weights, seed, for_trt, gname, checked=False)
         path = out / model_file(gname)
         big = _tensor_bytes(model) >= external_threshold
-        data = write_model(model, path, external=big)
         if big:
+            data = write_model(model, path, external=True)
             check(None, program, gname, path=str(path))
         else:
-            check(model, program, gname)
+            blob = model.SerializeToString(deterministic=True)  # once: checked, then written
+            check(model, program, gname, data=blob)
+            atomic_write(path, blob)
+            data = None
         key = "model" if gname == "forward" else gname
         result[key] = str(path)
         if data:
