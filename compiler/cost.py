@@ -79,19 +79,26 @@ def graph_cost(graph, vals: dict, rows: list | None = None, depth: int = 0, mult
     return flops, act
 
 
-def cost_report(program, graph: str = "forward", dims: dict | None = None) -> CostReport:
-    g = program.graphs[graph]
-    vals = dim_values(g, dims)
-    rep = CostReport(dims=vals)
-    rep.flops, rep.act_bytes = graph_cost(g, vals, rep.rows)
+def param_count(program) -> tuple[int, int]:
+    """(trainable parameters, buffer elements) of every graph, ties counted once."""
+    params = buffers = 0
     for n in program.all_nodes():
         for k, p in n.params.items():
             if k in n.ties:
                 continue
             if p.buffer:
-                rep.buffers += p.numel()
+                buffers += p.numel()
             else:
-                rep.params += p.numel()
+                params += p.numel()
+    return params, buffers
+
+
+def cost_report(program, graph: str = "forward", dims: dict | None = None) -> CostReport:
+    g = program.graphs[graph]
+    vals = dim_values(g, dims)
+    rep = CostReport(dims=vals)
+    rep.flops, rep.act_bytes = graph_cost(g, vals, rep.rows)
+    rep.params, rep.buffers = param_count(program)
     return rep
 
 

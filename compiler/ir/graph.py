@@ -137,8 +137,14 @@ class Graph:
 
     def inputs_of(self, node_id: str) -> list[tuple[str, int]]:
         """(producer id, port) for each input slot, in slot order."""
-        edges = sorted(self._g.in_edges(node_id, data=True), key=lambda e: e[2]["slot"])
-        return [(src, d["port"]) for src, _, d in edges]
+        # The adjacency view is several times faster than in_edges(data=True) on large graphs.
+        edges = sorted((d["slot"], src, d["port"]) for src, keyed in self._g.pred[node_id].items()
+                       for d in keyed.values())
+        return [(src, port) for _, src, port in edges]
+
+    def slots_of(self, node_id: str) -> list[int]:
+        """The input slots of `node_id` that have an edge, sorted (contiguous from 0 in a valid graph)."""
+        return sorted(d["slot"] for keyed in self._g.pred[node_id].values() for d in keyed.values())
 
     def input_types(self, node_id: str) -> list[TensorType]:
         return [self.node(src).outputs[port] for src, port in self.inputs_of(node_id)]

@@ -67,9 +67,8 @@ def verify(program: Program, after: str) -> None:
 
     def check(g: Graph):
         for n in g.nodes():
-            slots = [s for s, _ in enumerate(g.inputs_of(n.id))]
             srcs = g.inputs_of(n.id)
-            if slots != list(range(len(srcs))):
+            if g.slots_of(n.id) != list(range(len(srcs))):
                 raise PassError(f"after {after}: node '{n.id}' has input slots out of order", n.loc)
             if typed:
                 if not n.outputs:

@@ -93,20 +93,25 @@ def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bo
                                 expected="a graph name other than 'model' and 'weights'")
         model = to_onnx_model(program, weights, seed, for_trt, gname, checked=False)
         path = out / model_file(gname)
-        big = _tensor_bytes(model) >= external_threshold
-        if big:
-            data = write_model(model, path, external=True)
-            check(None, program, gname, path=str(path))
-        else:
-            blob = model.SerializeToString(deterministic=True)  # once: checked, then written
-            check(model, program, gname, data=blob)
-            atomic_write(path, blob)
-            data = None
+        data = write_checked(model, path, program, gname, external=_tensor_bytes(model) >= external_threshold)
         key = "model" if gname == "forward" else gname
         result[key] = str(path)
         if data:
             result[f"{key}_data"] = data
     return result
+
+
+def write_checked(model, path, program=None, gname: str = "forward", external: bool = False) -> str | None:
+    """Check `model` (full checker, strict shape inference) and write it atomically, serialising it
+    once; external-data models are written first and checked by path. Returns the data file, if any."""
+    if external:
+        data = write_model(model, path, external=True)
+        check(None, program, gname, path=str(path))
+        return data
+    blob = model.SerializeToString(deterministic=True)
+    check(model, program, gname, data=blob)
+    atomic_write(path, blob)
+    return None
 
 
 def write_model(model, path, external: bool = False) -> str | None:
@@ -147,5 +152,5 @@ def _tensor_bytes(model) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-__all__ = ["to_onnx_model", "to_onnx_models", "compile_onnx", "write_model", "torch_weights", "load_weights",
+__all__ = ["to_onnx_model", "to_onnx_models", "compile_onnx", "write_checked", "write_model", "torch_weights", "load_weights",
            "PROTOBUF_LIMIT"]

@@ -53,6 +53,12 @@ def camel(name: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in re.split(r"[_\W]+", name) if p) or "Block"
 
 
+def _child_key(n: Node, depth: int) -> str:
+    """Instance key (`layer1.0`, `enc`) of the child of the class at `depth` that holds node `n`."""
+    levels = depth + (2 if n.scope[depth].kind == "list" else 1)
+    return ".".join(s.name for s in n.scope[:levels])
+
+
 def class_name_for(spec: str, preset: str | None) -> str:
     """resnet/resnet50 -> Resnet50, alexnet/paper -> AlexnetPaper, mlp -> Mlp."""
     if not preset:
@@ -117,34 +123,35 @@ class Codegen:
     def unit(self, graphs: list[tuple[str, Graph, list, list]], depth: int, doc: str) -> tuple[list, list]:
         """Init lines and methods of one class holding the nodes at scope depth `depth`.
 
-        `graphs` lists (method name, graph, node ids in this class, argument (ref, name) pairs).
+        `graphs` lists (method name, graph, this class's nodes in topological order, argument
+        (ref, name) pairs). Each node is visited once per nesting level, so generation stays linear
+        in the graph size.
         """
         init: dict[str, object] = {}
         methods = []
-        for mname, g, ids, args in graphs:
+        for mname, g, nodes, args in graphs:
             m = Method(mname, [a for _, a in args])
             names = {ref: a for ref, a in args}
             used = set(m.args) | RESERVED
-            members = set(ids)
-            emitted: set[str] = set()
-            for n in g.topo():
-                if n.id not in members:
-                    continue
+            groups: dict[str, list] = {}  # child instance key -> its nodes, in order
+            for n in nodes:
                 if len(n.scope) > depth:
-                    key = ".".join(s.name for s in n.scope[:depth + 1])
-                    sc = n.scope[depth]
-                    if sc.kind == "list":
-                        key = ".".join(s.name for s in n.scope[:depth + 2])
+                    groups.setdefault(_child_key(n, depth), []).append(n)
+            emitted: set[str] = set()
+            for n in nodes:
+                if len(n.scope) > depth:
+                    key = _child_key(n, depth)
                     if key in emitted:
                         continue
                     emitted.add(key)
+                    sc = n.scope[depth]
                     sub_depth = depth + (2 if sc.kind == "list" else 1)
                     chain = self.chained_list(g, key) if sc.kind == "list" and key.endswith(".0") else None
                     if chain:
                         emitted.update(chain)
-                        self.loop_call(g, chain, sub_depth, sc, ids, init, m, names, used)
+                        self.loop_call(g, chain, sub_depth, sc, groups, init, m, names, used)
                     else:
-                        self.instance_call(g, key, sub_depth, sc, ids, init, m, names, used)
+                        self.instance_call(g, key, sub_depth, sc, groups[key], init, m, names, used)
                     continue
                 self.node_lines(g, n, init, m, names, used)
             outs = [names[ref] for ref in self.returns(g, mname)]
@@ -191,10 +198,10 @@ class Codegen:
                 return None
         return keys
 
-    def loop_call(self, g, keys, depth, sc, ids, init, m, names, used):
+    def loop_call(self, g, keys, depth, sc, groups, init, m, names, used):
         """`h = x; for block in self.layers: h = block(h)` for a chained repeat."""
         for key in keys:  # classes and ModuleList entries, as for separate calls
-            self.instance_call(g, key, depth, sc, ids, init, m, names, used, emit=False)
+            self.instance_call(g, key, depth, sc, groups.get(key, []), init, m, names, used, emit=False)
         first, last = g.instances[keys[0]], g.instances[keys[-1]]
         attr = ident(keys[0].split(".")[-2])
         var = self.fresh(attr, used)
@@ -207,12 +214,11 @@ class Codegen:
         m.lines.append(f"    {var} = {item}({var})")
         names[last.out_refs[0]] = var
 
-    def instance_call(self, g, key, depth, sc, ids, init, m, names, used, emit: bool = True):
+    def instance_call(self, g, key, depth, sc, nodes, init, m, names, used, emit: bool = True):
         inst = g.instances[key]
-        sub_ids = [i for i in ids if i.startswith(key + ".")]
         args = [(ref, ident(n)) for ref, n in zip(inst.in_refs, inst.in_names)]
         self._returns[(id(g), "forward@" + key)] = inst.out_refs
-        lines, methods = self.unit([("forward@" + key, g, sub_ids, args)], depth, "")
+        lines, methods = self.unit([("forward@" + key, g, nodes, args)], depth, "")
         methods[0].name = "forward"
         cname = self.add_class(camel(inst.block), ClassDef("", f"Block '{inst.block}'.", lines, methods))
         parts = key.split(".")
@@ -275,7 +281,7 @@ class Codegen:
         body = n.body
         args = [((f"{n.id}.{k}", 0), ident(k)) for k in a.inputs]
         self._returns[(id(body), "forward")] = list(body.outputs.values())
-        lines, methods = self.unit([("forward", body, [x.id for x in body.nodes()], args)], 0, "")
+        lines, methods = self.unit([("forward", body, body.topo(), args)], 0, "")
         cname = self.add_class(camel(a.block) + "Cell", ClassDef("", f"One step of block '{a.block}' (scanned by '{n.id}').",
                                                                     lines, methods))
         init[attr] = f"self.{attr} = {cname}()"
@@ -314,7 +320,7 @@ class Codegen:
         for gname, g in p.graphs.items():
             args = [((n.id, 0), ident(n.attrs.name)) for n in g.inputs()]
             self._returns[(id(g), gname)] = list(g.outputs.values())
-            entries.append((gname, g, [n.id for n in g.nodes()], args))
+            entries.append((gname, g, g.topo(), args))
         lines, methods = self.unit(entries, 0, "")
         for n in p.all_nodes():
             for pname, target in sorted(n.ties.items()):
@@ -326,14 +332,14 @@ class Codegen:
         root = ClassDef(name, f"{spec.name}: ({ins}) -> ({outs})", lines, methods)
         self.classes.append(root)
         from nnspec.compiler import __version__
-        from nnspec.compiler.cost import cost_report
+        from nnspec.compiler.cost import param_count
         env = Environment(loader=FileSystemLoader(str(Path(__file__).parent)), undefined=StrictUndefined,
                           keep_trailing_newline=True, trim_blocks=False)
         text = env.get_template("model.py.j2").render(
             title=f"{spec.name}: PyTorch module generated by nnspec.",
             version=__version__, spec_file=Path(spec.file).name, preset=spec.preset,
             overrides=", ".join(f"{k}={v}" for k, v in sorted(spec.overrides.items())),
-            params=cost_report(p).params,
+            params=param_count(p)[0],
             paper=(f"{paper.title} ({', '.join(paper.authors)}, {paper.year}"
                    + (f", arXiv:{paper.arxiv}" if paper.arxiv else "") + ")") if paper else "",
             helpers=[self.helpers[h].strip() for h in sorted(self.helpers)],
