@@ -79,7 +79,7 @@ def cmd_check(args) -> int:
             msg = f"ok  {spec}: {len(list(program.all_nodes()))} nodes"
             if args.target in ("trt", "trt-rtx"):
                 from nnspec.targets.tensorrt.lint import lint, render
-                issues = lint(program)
+                issues = lint(program, target=args.target)
                 if issues:
                     print(render(issues), file=sys.stderr)
                     bad += 1
