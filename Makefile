@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
-# torch/torchvision are pinned to what the package index offers for this Python (see README).
+# One install serves both targets: the project, editable, with its dev extras (pytest, hypothesis,
+# torchvision for reference tests, onnx/onnxruntime and TensorRT-RTX). torch is capped at the
+# release this machine's package index serves (pyproject.toml).
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
