@@ -1,8 +1,6 @@
 """Elementwise ops: unary activations and binary arithmetic, each family one table."""
 from __future__ import annotations
 
-from typing import Optional
-
 from ..ir.dims import TensorType
 from .base import Attrs, NoAttrs, Op, TorchCode, broadcast, register
 
@@ -23,10 +21,6 @@ UNARY = {
     "sqrt": ("torch.sqrt({x})", "Sqrt", {}),
     "identity": ("{x}", "Identity", {}),
 }
-
-
-class LeakyAttrs(Attrs):
-    slope: Optional[float] = None
 
 
 @register

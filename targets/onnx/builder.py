@@ -121,7 +121,6 @@ class Builder:
 
     def param(self, node, pname: str) -> str:
         """Initializer name of `node`'s parameter/buffer `pname`, following ties to the owner."""
-        from onnx import numpy_helper
         import numpy as np
 
         if pname not in node.params:
@@ -151,7 +150,6 @@ class Builder:
 
     def const(self, values, dtype: str = "int64") -> str:
         """Initializer name of a small constant tensor (deduplicated by dtype, shape and content)."""
-        from onnx import numpy_helper
         import numpy as np
 
         if dtype not in ("int64", "float32", "bool", "int32", "float16", "float64", "uint8", "int8"):

@@ -7,7 +7,6 @@ largest difference per output. The zoo-wide parity test builds on these.
 """
 from __future__ import annotations
 
-from nnspec.compiler.errors import LoweringError
 from nnspec.targets.inputs import example_inputs  # noqa: F401  (part of this module's API)
 
 
