@@ -328,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as e:
         print(f"nnspec: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # a file the user named is missing or unwritable: their fix, not a bug
+        where = f": {e.filename}" if e.filename else ""
+        print(f"nnspec: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_SPEC
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -268,3 +268,11 @@ def test_input_range_may_name_a_dim(tmp_path):
     p = load(str(write(tmp_path, spec)))
     assert p.forward.output_type("y").shape == ("E", 4)
     assert p.forward.node("src").attrs.range == [0, "V"]
+
+
+def test_cli_missing_files_are_user_errors_not_bugs(tmp_path, capsys):
+    assert main(["run", str(tmp_path), "--input", f"x={tmp_path / 'missing.npy'}"]) == 1
+    err = capsys.readouterr().err
+    assert "missing.npy" in err and "bug" not in err and "Traceback" not in err
+    assert main(["run", str(tmp_path / "nowhere")]) == 1
+    assert "no artifact folder" in capsys.readouterr().err
