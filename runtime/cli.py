@@ -39,6 +39,27 @@ def _load(args, **kw):
     return load(args.spec, args.preset, parse_overrides(args.overrides), **kw)
 
 
+TARGETS = ("torch", "onnx", "trt", "trt-rtx")
+
+
+def _target_list(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in TARGETS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown target(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TARGETS)}")
+    return items
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers, e.g. 1,8") from None
+    if not out or any(x < 1 for x in out):
+        raise argparse.ArgumentTypeError(f"'{text}': batch sizes must be positive integers")
+    return out
+
+
 def _dims(items: list[str]) -> dict:
     out = {}
     for item in items or []:
@@ -195,7 +216,10 @@ def cmd_run(args) -> int:
         name, _, path = item.partition("=")
         if not path:
             raise SystemExit(f"nnspec run: --input {item}: expected NAME=FILE.npy")
-        feeds[name] = np.load(path, allow_pickle=False)
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError) as e:  # not an .npy file (OSError is reported by main)
+            raise SystemExit(f"nnspec run: --input {name}={path}: not a readable .npy array ({e})")
     runner = load_runner(args.artifact, target=args.target)
     outs = runner.run(feeds)
     if args.output:
@@ -212,7 +236,7 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from nnspec.runtime.bench import bench, render_table
     program = _load(args)
-    rows = bench(program, targets=args.targets.split(","), batches=[int(b) for b in args.batch.split(",")],
+    rows = bench(program, targets=args.targets, batches=args.batch,
                  threads=args.threads, repeat=args.repeat, warmup=args.warmup, progress=not args.json)
     print(json.dumps(rows, indent=1) if args.json else render_table(rows))
     return EXIT_OK
@@ -221,7 +245,7 @@ def cmd_bench(args) -> int:
 def cmd_verify(args) -> int:
     from nnspec.runtime.verify import verify
     program = _load(args)
-    report = verify(program, targets=args.targets.split(",") if args.targets else None, tolerance=args.tol, seed=args.seed)
+    report = verify(program, targets=args.targets, tolerance=args.tol, seed=args.seed)
     print(report.render())
     return EXIT_OK if report.ok else EXIT_SPEC
 
@@ -292,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="latency/throughput of targets side by side")
     _spec_args(p)
-    p.add_argument("--targets", default="torch,onnx", help="comma-separated: torch,onnx,trt (default torch,onnx)")
-    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--targets", type=_target_list, default=["torch", "onnx"],
+                   help="comma-separated: torch,onnx,trt,trt-rtx (default torch,onnx)")
+    p.add_argument("--batch", type=_int_list, default=[1, 8], help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for every target (default 1)")
     p.add_argument("--repeat", type=int, default=20, help="timed runs per target and batch")
     p.add_argument("--warmup", type=int, default=3)
@@ -302,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="run every available target on generated inputs and compare")
     _spec_args(p)
-    p.add_argument("--targets", help="comma-separated subset (default: all available)")
+    p.add_argument("--targets", type=_target_list, help="comma-separated subset of torch,onnx,trt,trt-rtx (default: all available)")
     p.add_argument("--tol", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_verify)
