@@ -129,6 +129,9 @@ def test_op_implements_the_contract(name):
 def test_targets_handle_input_and_scan():
     for name in HANDLED_BY_TARGETS:
         assert name in registry()
+    # scan is typed through its body (infer_node), but owns both of its lowerings like any op
+    scan = registry()["scan"]
+    assert hasattr(scan, "infer_node") and _overrides(scan, "to_torch") and _overrides(scan, "to_onnx")
 
 
 def test_train_dependent_flags():

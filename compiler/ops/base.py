@@ -51,13 +51,15 @@ class TorchCode:
     `init` is the right-hand side of `self.<name> = ...` in `__init__` (None for functional ops);
     `expr` is the forward expression over the input variable names (a tuple for multi-output ops);
     `helpers` names snippets of the op's `torch_snippets` the file needs; `stmts` are statements
-    emitted before the line that binds `expr` (loops, for scan).
+    emitted before the line that binds `expr` (loops, for scan); `temps` names temporaries those
+    use, written `$name`, which the generator renames to fresh variables.
     """
 
     expr: str
     init: str | None = None
     helpers: tuple = ()
     stmts: list = field(default_factory=list)
+    temps: tuple = ()
 
 
 @dataclass

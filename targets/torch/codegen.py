@@ -256,60 +256,39 @@ class Codegen:
         ins = [names[ref] for ref in g.inputs_of(n.id)]
         where = f"{Path(n.loc.file).name}:{n.loc.line}" if n.loc else ""
         types = ", ".join(str(t) for t in n.outputs)
-        if n.body is not None:
-            code = self.scan(n, attr, ins, init, used)
-        else:
-            try:
-                code = n.opdef.to_torch(n.attrs, ins, f"self.{attr}", n)
-            except LoweringError as e:
-                e.loc = e.loc or n.loc
-                raise
-            if code.init is not None:
-                lines = [f"self.{attr} = {code.init}"]
-                for pname, spec in n.init.items():
-                    lines.append(init_line(f"self.{attr}.{pname}", spec))
-                init[attr] = lines
+        if n.body is not None:  # a node with a body (scan) holds it as a submodule class
+            init[attr] = f"self.{attr} = {self.body_class(n)}()"
+        try:
+            code = n.opdef.to_torch(n.attrs, ins, f"self.{attr}", n)
+        except LoweringError as e:
+            e.loc = e.loc or n.loc
+            raise
+        if code.temps:  # fresh names for the op's temporaries ($name in its statements)
+            fresh = {t: self.fresh(f"{n.local}_{t}", used) for t in code.temps}
+            sub = lambda text: re.sub(r"\$(\w+)", lambda mm: fresh.get(mm.group(1), mm.group(0)), text)  # noqa: E731
+            code.stmts, code.expr = [sub(x) for x in code.stmts], sub(code.expr)
+        if code.init is not None:
+            lines = [f"self.{attr} = {code.init}"]
+            for pname, spec in n.init.items():
+                lines.append(init_line(f"self.{attr}.{pname}", spec))
+            init[attr] = lines
         self.helpers.update({h: n.opdef.torch_snippets[h] for h in code.helpers})
-        m.lines.extend(getattr(code, "stmts", None) or [])
+        m.lines.extend(code.stmts)
         outs = [(n.id, i) for i in range(len(n.outputs))]
         names_ = n.out_names if len(n.outputs) > 1 else ["out"]
         self.bind(outs, names_, n.local, code.expr, m, names, used, f"{types}  {where}".strip())
 
-    def scan(self, n: Node, attr: str, ins: list, init: dict, used: set):
-        from nnspec.compiler.ops.base import TorchCode
-        a = n.attrs
+    def body_class(self, n: Node) -> str:
+        """The class of a node's body graph (a scan's cell): forward takes the body's inputs in
+        order and returns its outputs in order."""
         body = n.body
-        args = [((f"{n.id}.{k}", 0), ident(k)) for k in a.inputs]
+        args = [((f"{n.id}.{k}", 0), ident(k)) for k in n.attrs.inputs]
         self._returns[(id(body), "forward")] = list(body.outputs.values())
         lines, methods = self.unit([("forward", body, body.topo(), args)], 0, "")
-        cname = self.add_class(camel(a.block) + "Cell", ClassDef("", f"One step of block '{a.block}' (scanned by '{n.id}').",
-                                                                    lines, methods))
-        init[attr] = f"self.{attr} = {cname}()"
-        over = [v for v, r in zip(ins, a.roles) if r == "over"]
-        state = {c: self.fresh(f"{n.local}_{c}", used) for c in a.carry}
-        stacked = [o for o in body.outputs if o not in a.carry]
-        acc = {o: self.fresh(f"{n.local}_{o}_steps", used) for o in stacked}
-        t = self.fresh("t", used)
-        step = self.fresh(f"{n.local}_step", used)
-        ax = a.axis
-        stmts = [f"{state[c]} = {ins[a.inputs.index(c)]}" for c in a.carry]
-        stmts += [f"{acc[o]} = []" for o in stacked]
-        rng = f"range({over[0]}.shape[{ax}])"
-        stmts.append(f"for {t} in {'reversed(' + rng + ')' if a.reverse else rng}:")
-        call_args = []
-        for k, v, role in zip(a.inputs, ins, a.roles):
-            call_args.append(f"{v}.select({ax}, {t})" if role == "over" else state[k] if role == "carry" else v)
-        outs = list(body.outputs)
-        stmts.append(f"    {step} = self.{attr}({', '.join(call_args)})")
-        for i, o in enumerate(outs):
-            sel = f"{step}[{i}]" if len(outs) > 1 else step
-            stmts.append(f"    {state[o]} = {sel}" if o in a.carry else f"    {acc[o]}.append({sel})")
-        if a.reverse:
-            stmts += [f"{acc[o]}.reverse()" for o in stacked]
-        pieces = [state[c] for c in a.carry] + [f"torch.stack({acc[o]}, {ax})" for o in stacked]
-        code = TorchCode(expr=", ".join(pieces) if len(pieces) > 1 else pieces[0])
-        code.stmts = stmts
-        return code
+        block = n.attrs.block
+        name = camel(block) if camel(block).endswith("Cell") else camel(block) + "Cell"
+        return self.add_class(name, ClassDef("", f"One step of block '{block}' (run by '{n.id}').",
+                                                               lines, methods))
 
     # -- the file -----------------------------------------------------------------------------
     def generate(self, class_name: str | None = None) -> str:
