@@ -276,3 +276,10 @@ def test_cli_missing_files_are_user_errors_not_bugs(tmp_path, capsys):
     assert "missing.npy" in err and "bug" not in err and "Traceback" not in err
     assert main(["run", str(tmp_path / "nowhere")]) == 1
     assert "no artifact folder" in capsys.readouterr().err
+
+
+def test_bad_input_dims_and_ranges(tmp_path):
+    e = error_of(write(tmp_path, GOOD.replace("shape: [N, 3, 16, 16]", "shape: [in, 3, 16, 16]")))
+    assert_at(e, 4, text="dim 'in' of input 'x'")
+    e = error_of(write(tmp_path, GOOD.replace("shape: [N, 3, 16, 16]", "shape: [N, 3, 16, 16], range: [0, W]")))
+    assert_at(e, 4, text="range [0, 'W'] of input 'x'")

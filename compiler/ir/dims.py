@@ -41,7 +41,10 @@ class _Lin:
             return d
         if isinstance(d, int):
             return _Lin({}, d)
-        return _parse(ast.parse(str(d), mode="eval").body)
+        try:
+            return _parse(ast.parse(str(d), mode="eval").body)
+        except SyntaxError:
+            raise ValueError(f"unsupported dim expression {d!r}") from None
 
     def scaled(self, k: int) -> "_Lin":
         return _Lin({a: c * k for a, c in self.terms.items()}, self.const * k)

@@ -18,6 +18,7 @@ together. Sizes are bounded: `repeat` and the total node count.
 from __future__ import annotations
 
 import difflib
+import keyword
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -131,10 +132,16 @@ class Expander:
             try:
                 shape = tuple(self.ev(d, ipath + ("shape", j), ctx) for j, d in enumerate(ispec.shape))
                 for j, d in enumerate(shape):
-                    if not (isinstance(d, int) and d > 0) and not (isinstance(d, str) and d.isidentifier()):
+                    if not (isinstance(d, int) and not isinstance(d, bool) and d > 0) and \
+                            not (isinstance(d, str) and d.isidentifier() and not keyword.iskeyword(d)):
                         self.fail(f"dim {d!r} of input '{iname}'", ipath + ("shape", j), ctx,
                                   expected="a positive int or a symbol such as N or T")
                 rng = self.ev(ispec.range, ipath + ("range",), ctx) if ispec.range else None
+                syms = {d for i in inputs.values() for d in i.shape if isinstance(d, str)} | set(self.spec.model.dims)
+                if rng is not None and (not isinstance(rng, list) or len(rng) != 2 or any(
+                        isinstance(b, bool) or not (isinstance(b, (int, float)) or b in syms) for b in rng)):
+                    self.fail(f"range {rng!r} of input '{iname}'", ipath + ("range",), ctx,
+                              expected="[low, high): numbers or dim symbols, e.g. [0, 256] or [0, V]")
                 node = Node(iname, "input", attrs=registry()["input"].Attrs(name=iname, range=rng),
                             outputs=[TensorType(shape, ispec.dtype)], out_names=["out"],
                             loc=self.loc(ipath, key=True))
