@@ -1,4 +1,4 @@
-"""Random small CNN graphs built from the registry's ops: for each, nnspec's inferred output shape
+"""Random small CNN and sequence graphs built from the registry's ops: for each, nnspec's inferred output shape
 equals the generated torch module's real one, and onnxruntime equals torch at two input sizes
 (a symbolic batch N and a symbolic spatial size S), which exercises shape inference, symbolic dim
 arithmetic, code generation and ONNX lowering together on graphs no one wrote by hand."""
@@ -91,4 +91,72 @@ def test_random_cnn_shapes_and_onnx_parity(tmp_path, graph):
         assert want.shape == tuple(D.resolve(d, vals) for d in inferred.shape)
         got = run_ort(session, x)["y"]
         assert got.shape == want.shape
+        assert float(np.max(np.abs(got - want))) <= 1e-4
+
+
+@st.composite
+def sequence_model(draw):
+    """(input width, nodes, outputs, output width): a chain over [N, T, D] with attention, recurrent
+    layers, norms and residual adds, so a symbolic sequence length flows through every lowering."""
+    d = draw(st.sampled_from([4, 8]))
+    values = [("x", d)]
+    nodes = {}
+    for i in range(draw(st.integers(2, 6))):
+        name, width = values[-1]
+        kind = draw(st.sampled_from(["linear", "norm", "attn", "rnn", "act", "pe", "add", "softmax"]))
+        node = f"n{i}"
+        if kind == "linear":
+            out = draw(st.sampled_from([4, 8, 12]))
+            nodes[node] = {"op": "linear", "in": name, "out": out}
+            values.append((node, out))
+        elif kind == "norm":
+            nodes[node] = {"op": draw(st.sampled_from(["layer_norm", "rms_norm"])), "in": name}
+            values.append((node, width))
+        elif kind == "attn":
+            heads = draw(st.sampled_from([h for h in (1, 2, 4) if width % h == 0]))
+            nodes[node] = {"op": "multi_head_attention", "in": name, "heads": heads,
+                           "causal": draw(st.booleans())}
+            values.append((node, width))
+        elif kind == "rnn":
+            hidden = draw(st.sampled_from([2, 4, 6]))
+            bidir = draw(st.booleans())
+            nodes[node] = {"op": draw(st.sampled_from(["lstm", "gru"])), "in": name, "hidden": hidden,
+                           "layers": draw(st.integers(1, 2)), "bidirectional": bidir}
+            values.append((f"{node}.y", hidden * (2 if bidir else 1)))
+        elif kind == "act":
+            nodes[node] = {"op": draw(st.sampled_from(ACTS)), "in": name}
+            values.append((node, width))
+        elif kind == "pe":
+            nodes[node] = {"op": "positional_encoding", "in": name, "kind": "sinusoidal", "max_len": 64}
+            values.append((node, width))
+        elif kind == "softmax":
+            nodes[node] = {"op": draw(st.sampled_from(["softmax", "log_softmax"])), "in": name}
+            values.append((node, width))
+        else:
+            same = [v for v in values[:-1] if v[1] == width]
+            if not same:
+                continue
+            nodes[node] = {"op": "add", "in": [name, draw(st.sampled_from(same))[0]]}
+            values.append((node, width))
+    return d, nodes, {"y": values[-1][0]}, values[-1][1]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequence_model())
+def test_random_sequence_models_shapes_and_onnx_parity(tmp_path, model):
+    width, nodes, outputs, out_width = model
+    if not nodes:
+        return
+    program = compile_nodes(tmp_path, {"x": ["N", "T", width]}, nodes, outputs,
+                            dims={"N": {"min": 1, "opt": 2, "max": 8}, "T": {"min": 1, "opt": 5, "max": 64}})
+    assert program.forward.output_type("y").shape == ("N", "T", out_width)
+    module = build_module(program, seed=0).eval()
+    weights = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    session = ort_session(to_onnx_model(program, weights))
+    for vals in ({"N": 2, "T": 5}, {"N": 3, "T": 9}):
+        x = example_inputs(program, vals, seed=1)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x["x"])).numpy()
+        assert want.shape == (vals["N"], vals["T"], out_width)
+        got = run_ort(session, x)["y"]
         assert float(np.max(np.abs(got - want))) <= 1e-4
