@@ -1,7 +1,8 @@
-"""Random small CNN and sequence graphs built from the registry's ops: for each, nnspec's inferred output shape
-equals the generated torch module's real one, and onnxruntime equals torch at two input sizes
-(a symbolic batch N and a symbolic spatial size S), which exercises shape inference, symbolic dim
-arithmetic, code generation and ONNX lowering together on graphs no one wrote by hand."""
+"""Random small CNN and sequence graphs built from the registry's ops: for each, nnspec's
+inferred output shape equals the generated torch module's real one, and onnxruntime equals torch
+at two input sizes (a symbolic batch N and a symbolic spatial size S or sequence length T). This
+exercises shape inference, symbolic dim arithmetic, code generation and ONNX lowering together on
+graphs no one wrote by hand."""
 from __future__ import annotations
 
 import numpy as np
