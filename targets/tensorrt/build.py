@@ -110,14 +110,55 @@ class _Log:
         return Logger()
 
 
+def _progress_monitor(trt, backend: str):
+    """A TensorRT progress monitor drawing one tqdm bar per top-level build phase (None when this
+    TensorRT has no progress API). Builds of large models take tens of seconds; this says where."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+    from tqdm import tqdm
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.bars = {}
+            self.seen = set()
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.seen.add(phase_name)
+            # Only outermost phases (TensorRT-RTX does not announce its root phase, so a phase whose
+            # parent was never started counts as outermost); nested ones would make a wall of bars.
+            if parent_phase is None or parent_phase not in self.seen:
+                self.bars[phase_name] = tqdm(total=num_steps, desc=f"{backend}: {phase_name}", unit="step",
+                                             leave=False, disable=None)
+
+        def step_complete(self, phase_name, step):
+            bar = self.bars.get(phase_name)
+            if bar is not None:
+                bar.update(1)
+            return True  # keep building
+
+        def phase_finish(self, phase_name):
+            bar = self.bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
+
+        def close(self):
+            for bar in self.bars.values():
+                bar.close()
+            self.bars.clear()
+
+    return Monitor()
+
+
 def build_engine(onnx_path, out_dir, program=None, precision: str = "fp32", workspace: int | None = None,
                  dims: dict | None = None, opt_level: int = 3, timing_cache=None, backend: str | None = None,
-                 run_lint: bool = True, workspace_mb: int | None = None) -> dict:
+                 run_lint: bool = True, workspace_mb: int | None = None, progress: bool = True) -> dict:
     """Build `out_dir/model.engine` from `onnx_path`; returns the manifest fields under `tensorrt`.
 
     precision: fp32 | fp16 | bf16. workspace (bytes) or workspace_mb: builder scratch memory (None: TensorRT's
     default).
     dims: profile overrides per symbol (see `symbol_ranges`). opt_level: builder optimisation level 0-5.
+    progress: a progress bar per top-level build phase on stderr (shown only on a terminal).
     timing_cache: a file reused across builds (read when present, written back after the build; datacenter
     TensorRT only: TensorRT-RTX has no timing cache). backend: 'trt' | 'trt-rtx' | None (auto).
     Raises TensorRTUnavailable (exit 3) when no TensorRT can build, TensorRTBuildError on lint errors or
@@ -166,12 +207,19 @@ def build_engine(onnx_path, out_dir, program=None, precision: str = "fp32", work
         cache = config.create_timing_cache(tc_path.read_bytes() if tc_path.is_file() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
         cache_used = str(tc_path)
+    monitor = _progress_monitor(trt, name) if progress else None
+    if monitor is not None:
+        config.progress_monitor = monitor
     if profiles:
         prof = builder.create_optimization_profile()
         for inp, pr in profiles.items():
             prof.set_shape(inp, pr["min"], pr["opt"], pr["max"])
         config.add_optimization_profile(prof)
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if monitor is not None:
+            monitor.close()
     if serialized is None:
         msgs = "\n".join("  " + m for m in log.messages[-10:]) or "  (no message from TensorRT)"
         raise TensorRTBuildError(f"{name} failed to build the engine:\n{msgs}")
