@@ -133,42 +133,17 @@ def torch_values(program, module, inputs: dict, graph: str = "forward") -> dict:
                 vals[(n.id, 0)] = torch.as_tensor(inputs[n.attrs.name])
                 continue
             ins = [vals[ref] for ref in g.inputs_of(n.id)]
-            if n.body is not None:
-                res = _run_scan(n, ins, _submodule(module, n.id), torch)
-            else:
-                names = [f"_nnspec_in{i}" for i in range(len(ins))]
-                ns = dict(base_ns, _nnspec_m=_submodule(module, n.id), **dict(zip(names, ins)))
-                code = n.opdef.to_torch(n.attrs, names, "_nnspec_m", n)
-                for st in code.stmts or []:
-                    exec(st, ns)
-                res = eval(code.expr, ns)  # the op's own generated expression over bound inputs
+            names = [f"_nnspec_in{i}" for i in range(len(ins))]
+            ns = dict(base_ns, _nnspec_m=_submodule(module, n.id), **dict(zip(names, ins)))
+            code = n.opdef.to_torch(n.attrs, names, "_nnspec_m", n)
+            code = code.with_temps({t: f"_nnspec_t_{t}" for t in code.temps})
+            if code.stmts:  # e.g. a scan's loop over its cell
+                exec("\n".join(code.stmts), ns)
+            res = eval(code.expr, ns)  # the op's own generated code over bound inputs
             res = res if isinstance(res, (tuple, list)) else (res,)
             for i, r in enumerate(res):
                 vals[(n.id, i)] = r
     return {k: v.detach().cpu().numpy() for k, v in vals.items() if hasattr(v, "detach")}
-
-
-def _run_scan(n, ins, cell, torch):
-    a = n.attrs
-    over = [v for v, r in zip(ins, a.roles) if r == "over"]
-    state = {c: ins[a.inputs.index(c)] for c in a.carry}
-    outs = list(n.body.outputs)
-    acc = {o: [] for o in outs if o not in a.carry}
-    steps = range(over[0].shape[a.axis])
-    for t in (reversed(steps) if a.reverse else steps):
-        args = [v.select(a.axis, t) if r == "over" else state[k] if r == "carry" else v
-                for k, v, r in zip(a.inputs, ins, a.roles)]
-        res = cell(*args)
-        res = res if isinstance(res, (tuple, list)) else (res,)
-        for o, r in zip(outs, res):
-            if o in a.carry:
-                state[o] = r
-            else:
-                acc[o].append(r)
-    if a.reverse:
-        for o in acc:
-            acc[o].reverse()
-    return tuple(state[c] for c in a.carry) + tuple(torch.stack(acc[o], a.axis) for o in acc)
 
 
 # -- onnxruntime values of every IR node ----------------------------------------------------------

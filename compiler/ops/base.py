@@ -61,6 +61,15 @@ class TorchCode:
     stmts: list = field(default_factory=list)
     temps: tuple = ()
 
+    def with_temps(self, names: dict) -> "TorchCode":
+        """This code with each `$temp` replaced by `names[temp]` (the caller's fresh variables)."""
+        import re
+
+        def sub(text: str) -> str:
+            return re.sub(r"\$(\w+)", lambda m: names.get(m.group(1), m.group(0)), text)
+
+        return TorchCode(sub(self.expr), self.init, self.helpers, [sub(x) for x in self.stmts], ())
+
 
 @dataclass
 class Support:

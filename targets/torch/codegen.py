@@ -264,9 +264,7 @@ class Codegen:
             e.loc = e.loc or n.loc
             raise
         if code.temps:  # fresh names for the op's temporaries ($name in its statements)
-            fresh = {t: self.fresh(f"{n.local}_{t}", used) for t in code.temps}
-            sub = lambda text: re.sub(r"\$(\w+)", lambda mm: fresh.get(mm.group(1), mm.group(0)), text)  # noqa: E731
-            code.stmts, code.expr = [sub(x) for x in code.stmts], sub(code.expr)
+            code = code.with_temps({t: self.fresh(f"{n.local}_{t}", used) for t in code.temps})
         if code.init is not None:
             lines = [f"self.{attr} = {code.init}"]
             for pname, spec in n.init.items():
