@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 import nnspec.compiler as c
-from nnspec.compiler.ir.dims import resolve
+from nnspec.targets.inputs import example_inputs
 from nnspec.targets.torch.build import build_module
 
 torch.set_num_threads(1)
@@ -28,16 +28,8 @@ TOL = 1e-5
 
 
 def inputs_for(program, vals: dict, seed: int) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for n in program.forward.inputs():
-        t = n.outputs[0]
-        shape = tuple(resolve(d, vals) for d in t.shape)
-        if t.dtype == "int64":
-            out[n.attrs.name] = torch.randint(int(n.attrs.range[0]), int(n.attrs.range[1]), shape, generator=gen)
-        else:
-            out[n.attrs.name] = torch.randn(shape, generator=gen)
-    return out
+    """The project's example inputs (int64 inside their declared range) as torch tensors."""
+    return {k: torch.from_numpy(v) for k, v in example_inputs(program, vals, seed).items()}
 
 
 def copy_by_name(src: nn.Module, dst: nn.Module, rename: dict) -> None:

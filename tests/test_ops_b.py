@@ -27,6 +27,7 @@ from nnspec.compiler.cost import cost_report
 from nnspec.compiler.errors import ShapeError
 from nnspec.compiler.ir.dims import resolve
 from nnspec.compiler.ops import registry
+from nnspec.targets.inputs import example_inputs
 from nnspec.targets.torch.build import build_module
 
 torch.set_num_threads(1)
@@ -49,19 +50,14 @@ def compile_text(tmp_path, name: str, body: str):
 
 
 def make_inputs(program, vals: dict, seed: int = 0) -> dict:
-    """Random inputs; int64 inputs uniform in their declared range, bools random."""
+    """The project's example inputs as torch tensors, except bool masks: those are True with
+    probability 0.7, so no attention row is masked out entirely (SDPA would return NaN)."""
+    out = {k: torch.from_numpy(v) for k, v in example_inputs(program, vals, seed).items()}
     gen = torch.Generator().manual_seed(seed)
-    out = {}
     for n in program.forward.inputs():
-        t = n.outputs[0]
-        shape = tuple(resolve(d, vals) for d in t.shape)
-        if t.dtype == "int64":
-            lo, hi = (resolve(v, vals) if isinstance(v, str) else int(v) for v in n.attrs.range)
-            out[n.attrs.name] = torch.randint(lo, hi, shape, generator=gen)
-        elif t.dtype == "bool":
+        if n.outputs[0].dtype == "bool":
+            shape = tuple(resolve(d, vals) for d in n.outputs[0].shape)
             out[n.attrs.name] = torch.rand(shape, generator=gen) > 0.3
-        else:
-            out[n.attrs.name] = torch.randn(shape, generator=gen)
     return out
 
 
