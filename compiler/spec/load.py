@@ -2,6 +2,8 @@
 and resolve `params` from defaults, a preset and `--set` overrides."""
 from __future__ import annotations
 
+import copy
+import difflib
 import hashlib
 import json
 import re
@@ -10,10 +12,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..errors import Location, SpecError, SpecErrors
+from ..errors import Location, SpecError, SpecErrors, quote, register_source
 from .expr import ExprError, evaluate
 from .models import SpecModel
-from .yaml_source import Source, load_yaml
+from .names import problem
+from .yaml_source import MAX_FILE_BYTES, Source, load_yaml
 
 BUNDLED = Path(__file__).resolve().parent.parent.parent / "specs"
 
@@ -100,24 +103,45 @@ def _display(path: Path) -> str:
             return str(path)
 
 
-def _pydantic_errors(e: ValidationError, where) -> list[SpecError]:
+def _pydantic_errors(e: ValidationError, where, data) -> list[SpecError]:
     out = []
     for err in e.errors():
-        path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "union["))))
-        path = tuple("in" if p == "in_" else p for p in path)
-        # pydantic reports a tagged path; keep only real keys/indices.
+        raw = tuple(err["loc"])
+        is_key = bool(raw) and raw[-1] == "[key]"
+        path = _real_path(data, tuple("in" if p == "in_" else p for p in raw if p != "[key]"))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key '{path[-1]}'"
+            msg = f"unknown key {quote(path[-1])}"
             loc = where(path, key=True)
         elif err["type"] == "missing":
-            msg = f"missing key '{path[-1]}'"
+            msg = f"missing key {quote(path[-1])}"
             loc = where(path[:-1])
+        elif is_key or err["type"] == "nnspec_name":
+            msg = f"bad name {quote(err.get('input'))}: {msg}"
+            loc = where(path, key=is_key)
         else:
             loc = where(path)
             msg = f"{'.'.join(map(str, path))}: {msg}"
         out.append(SpecError(msg, loc, expected=_expected(err)))
     return out
+
+
+def _real_path(data, path: tuple) -> tuple:
+    """The keys and indices of `path` that exist in `data`, plus a final missing key. pydantic adds
+    tags for union members and validators ('list[str]', 'ArgSpec', 'function-after[...]'), which
+    name no place in the file."""
+    out, node = [], data
+    for i, p in enumerate(path):
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node):
+            node = node[p]
+        elif i == len(path) - 1 and isinstance(node, dict):
+            pass  # a missing key, named by the message
+        else:
+            continue
+        out.append(p)
+    return tuple(out)
 
 
 def _expected(err) -> str | None:
@@ -136,36 +160,103 @@ def _resolve_include(spec_path: Path, inc: str, loc) -> Path:
         cand = (root / inc).resolve()
         if any(cand.is_relative_to(r) for r in roots) and cand.is_file():
             return cand
-    raise SpecError(f"include '{inc}' not found inside the spec's folder or the bundled specs", loc,
+    raise SpecError(f"include {quote(inc)} not found inside the spec's folder or the bundled specs", loc,
                     expected="a relative path such as blocks/resnet.yaml, inside the spec's folder")
 
 
-def parse_overrides(items: list[str]) -> dict:
-    """`key=value` strings (Hydra style) to a dict; values are parsed as YAML scalars/lists."""
-    out = {}
-    for item in items:
+def read_text(path: Path, file: str, loc: Location | None = None) -> str:
+    """A spec file's text: size checked before reading, at most MAX_FILE_BYTES + 1 bytes read, UTF-8."""
+    where = loc or Location(file, 1, 1)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpecError(f"spec file {quote(file)} is larger than {MAX_FILE_BYTES:,} bytes ({size:,})",
+                            where, expected="a spec of bounded size")
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise SpecError(f"cannot read {quote(file)}: {e.strerror or e}", where) from None
+    if len(data) > MAX_FILE_BYTES:  # the file grew, or stat lied (a device, a pipe)
+        raise SpecError(f"spec file {quote(file)} is larger than {MAX_FILE_BYTES:,} bytes", where)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise SpecError(f"{quote(file)} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}, line {line})",
+                        where, expected="a UTF-8 encoded YAML file") from None
+
+
+class Overrides(dict):
+    """`--set` overrides: {dotted key: value}, remembering where each was written (`locs`)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.locs: dict = {}
+
+
+OVERRIDES_FILE = "--set"
+
+
+def parse_overrides(items: list[str]) -> Overrides:
+    """`key=value` strings (Hydra style) to a dict; values are parsed as YAML scalars/lists.
+
+    The items are registered as the lines of a source named `--set`, so errors in them are located
+    like errors in a file: `--set:2:7: error: ...` with the override and a caret.
+    """
+    out = Overrides()
+    register_source(OVERRIDES_FILE, "\n".join(str(i).replace("\n", " ") for i in items))
+    for line, item in enumerate(items, 1):
+        key_loc = Location(OVERRIDES_FILE, line, 1, ("--set",), max(1, len(item.partition("=")[0])))
         if "=" not in item:
-            raise SpecError(f"override '{item}' is not key=value", expected="e.g. --set num_classes=10")
+            raise SpecError(f"override {quote(item)} is not key=value", key_loc, expected="e.g. --set num_classes=10")
         k, v = item.split("=", 1)
-        src = load_yaml(v, "<--set>") if v.strip() else None
-        out[k.strip()] = src.data if src else ""
+        k = k.strip()
+        why = problem(k, "path")
+        if why:
+            raise SpecError(f"bad override key {quote(k)}: {why}", key_loc, expected="a param name, e.g. --set width=64 "
+                            "or --set optim.lr=0.1")
+        value_loc = Location(OVERRIDES_FILE, line, len(item) - len(v) + 1, ("--set", k), max(1, len(v)))
+        try:
+            src = load_yaml(v, OVERRIDES_FILE, register=False) if v.strip() else None
+        except SpecError as e:
+            raise SpecError(f"--set {k}: {e.message}", value_loc, expected="a YAML value: 10, 0.1, true, [2, 2], "
+                            "{a: 1}") from None
+        out[k] = src.data if src else ""
+        out.locs[k] = (key_loc, value_loc)
     return out
 
 
-def _apply(params: dict, overrides: dict, what: str, loc_of) -> dict:
+def _apply(params: dict, origin: dict, overrides: dict, what: str, loc_of, spec_name: str) -> dict:
+    """`params` with each dotted key of `overrides` set; `origin[head]` records where each top-level
+    param's value now comes from (for errors in it). `loc_of(key, value=False)` locates an override."""
     params = dict(params)
     for key, value in overrides.items():
         head, *rest = key.split(".")
         if head not in params:
-            raise SpecError(f"{what} sets unknown param '{key}'", loc_of(key),
-                            expected=f"one of: {', '.join(params) or '(no params)'}")
+            close = difflib.get_close_matches(head, list(params), n=3)
+            raise SpecError(f"{what} sets unknown param {quote(key)} of spec '{spec_name}'", loc_of(key),
+                            expected=f"one of: {', '.join(params) or '(no params)'}",
+                            hint=f"did you mean {', '.join(close)}?" if close else None)
         if rest:
-            node = params[head] = json.loads(json.dumps(params[head]))
-            for part in rest[:-1]:
-                node = node[part]
-            node[rest[-1]] = value
+            node = params[head] = copy.deepcopy(params[head])
+            walked = head
+            for j, part in enumerate(rest):
+                if not isinstance(node, dict):
+                    raise SpecError(f"{what} {quote(key)}: param '{walked}' is {quote(node)}, not a mapping",
+                                    loc_of(key), expected=f"--set {walked}=VALUE")
+                if part not in node:
+                    close = difflib.get_close_matches(part, [str(k) for k in node], n=3)
+                    raise SpecError(f"{what} {quote(key)}: '{walked}' has no key {quote(part)}", loc_of(key),
+                                    expected=f"one of: {', '.join(map(str, node)) or '(no keys)'}",
+                                    hint=f"did you mean {', '.join(close)}?" if close else None)
+                if j == len(rest) - 1:
+                    node[part] = value
+                else:
+                    node = node[part]
+                walked += "." + part
         else:
             params[head] = value
+        origin[head] = loc_of(key, value=True)
     return params
 
 
@@ -173,27 +264,33 @@ def load_spec(spec: str | Path, preset: str | None = None, overrides: dict | Non
     """Load and validate a spec; raise `SpecError`/`SpecErrors` (never anything else) on bad input."""
     path = find_spec(str(spec))
     file = _display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"cannot read spec: {e}", Location(file, 1, 1)) from None
-    src = load_yaml(text, file)
+    src = load_yaml(read_text(path, file), file)
     if not isinstance(src.data, dict):
         raise SpecError("a spec is a mapping at the top level", src.loc(()), expected="keys nnspec, name, inputs, nodes, outputs")
     block_sources: dict = {}
     data = src.data
-    for i, inc in enumerate(data.get("include", []) or []):
+    includes = data.get("include", []) or []
+    for i, inc in enumerate(includes if isinstance(includes, list) else []):
         if not isinstance(inc, str):
-            continue
-        ipath = _resolve_include(path, inc, src.loc(("include", i)))
-        isrc = load_yaml(ipath.read_text(encoding="utf-8"), _display(ipath))
-        blocks = isrc.data.get("blocks", {}) if isinstance(isrc.data, dict) else {}
-        if not isinstance(blocks, dict) or set(isrc.data) - {"blocks", "nnspec", "doc"}:
-            raise SpecError(f"include '{inc}' must hold only 'blocks'", isrc.loc(()), expected="nnspec: 1 and blocks: {...}")
-        for name, body in blocks.items():
-            if name in data.get("blocks", {}) or name in block_sources:
-                raise SpecError(f"block '{name}' is defined twice (in {inc})", isrc.loc(("blocks", name), key=True))
-            block_sources[name] = isrc
+            continue  # reported by the structure check
+        inc_loc = src.loc(("include", i))
+        ipath = _resolve_include(path, inc, inc_loc)
+        try:
+            ifile = _display(ipath)
+            isrc = load_yaml(read_text(ipath, ifile, inc_loc), ifile)
+            blocks = isrc.data.get("blocks", {}) if isinstance(isrc.data, dict) else {}
+            if not isinstance(blocks, dict) or set(isrc.data) - {"blocks", "nnspec", "doc"}:
+                raise SpecError(f"include {quote(inc)} must hold only 'blocks'", isrc.loc(()),
+                                expected="nnspec: 1 and blocks: {...}")
+            for name in blocks:
+                if name in (data.get("blocks") or {}) or name in block_sources:
+                    raise SpecError(f"block {quote(name)} is defined twice (in {quote(inc)})",
+                                    isrc.loc(("blocks", name), key=True))
+                block_sources[name] = isrc
+        except SpecError as e:
+            if e.loc is None or e.loc.file != file:
+                e.notes.append(f"included from {inc_loc}")
+            raise
     merged = dict(data)
     if block_sources:
         merged["blocks"] = {**{k: v.data["blocks"][k] for k, v in block_sources.items()}, **(data.get("blocks") or {})}
@@ -206,23 +303,64 @@ def load_spec(spec: str | Path, preset: str | None = None, overrides: dict | Non
     try:
         model = SpecModel.model_validate(merged)
     except ValidationError as e:
-        errs = _pydantic_errors(e, where)
+        errs = _pydantic_errors(e, where, merged)
+        for err in errs:
+            if err.loc is not None and err.loc.file != file:
+                err.notes.append(f"included from {src.loc(('include',))}")
         raise (errs[0] if len(errs) == 1 else SpecErrors(errs)) from None
+    _check_io_names(model, src)
 
     if preset is not None and preset not in model.presets:
-        raise SpecError(f"unknown preset '{preset}' for spec '{model.name}'", src.loc(("presets",), key=True),
-                        expected=f"one of: {', '.join(model.presets) or '(this spec has no presets)'}")
-    params = dict(model.params)
+        close = difflib.get_close_matches(str(preset), list(model.presets), n=3)
+        raise SpecError(f"unknown preset {quote(preset)} for spec '{model.name}'", src.loc(("presets",), key=True),
+                        expected=f"one of: {', '.join(model.presets) or '(this spec has no presets)'}",
+                        hint=f"did you mean {', '.join(close)}?" if close else None)
+    base = dict(model.params)
+    origin = {k: src.loc(("params", k)) for k in base}
+    # Every preset's keys are checked, not only the selected one's: a typo in any preset is an error.
+    for name, pre in model.presets.items():
+        _apply(base, {}, pre.params, f"preset '{name}'",
+               lambda k, value=False, name=name: src.loc(("presets", name, "params", k), key=not value), model.name)
+    params = base
     if preset:
-        params = _apply(params, model.presets[preset].params, f"preset '{preset}'",
-                        lambda k: src.loc(("presets", preset, "params", k), key=True))
-    overrides = dict(overrides or {})
-    params = _apply(params, overrides, "--set", lambda k: None)
+        params = _apply(params, origin, model.presets[preset].params, f"preset '{preset}'",
+                        lambda k, value=False: src.loc(("presets", preset, "params", k), key=not value), model.name)
+    overrides = overrides if isinstance(overrides, Overrides) else Overrides(overrides or {})
+    params = _apply(params, origin, overrides, "--set",
+                    lambda k, value=False: overrides.locs.get(k, (None, None))[1 if value else 0], model.name)
     # Params may be expressions over earlier params (d_ff: "${4 * d_model}").
     resolved: dict = {}
     for k, v in params.items():
         try:
             resolved[k] = evaluate(v, resolved)
         except ExprError as e:
-            raise SpecError(f"param '{k}': {e}", src.loc(("params", k))) from None
-    return LoadedSpec(file, src, model, resolved, preset, overrides, block_sources)
+            raise SpecError(f"param '{k}': {e}", origin.get(k)) from None
+    return LoadedSpec(file, src, model, resolved, preset, dict(overrides), block_sources)
+
+
+def _check_io_names(model: SpecModel, src: Source) -> None:
+    """Output names are unique after `a.b` -> `a_b` and differ from input names (ONNX needs both)."""
+    graphs = [((), model.inputs, model.outputs)] + [(("graphs", g), gs.inputs, gs.outputs) for g, gs in model.graphs.items()]
+    for base, inputs, outputs in graphs:
+        names = output_names(outputs)
+        seen: dict = {}
+        for raw, name in names:
+            loc = src.loc(base + ("outputs", raw) if isinstance(outputs, dict) else base + ("outputs",),
+                          key=isinstance(outputs, dict))
+            why = problem(name)
+            if why:
+                raise SpecError(f"bad output name {quote(name)}: {why}", loc)
+            if name in inputs:
+                raise SpecError(f"output {quote(name)} has the name of an input", loc,
+                                expected="output names that differ from input names (ONNX graphs need both)")
+            if name in seen:
+                raise SpecError(f"two outputs are both named {quote(name)} ({quote(seen[name])} and {quote(raw)})", loc,
+                                expected="unique output names")
+            seen[name] = raw
+
+
+def output_names(outputs) -> list[tuple[str, str]]:
+    """(as written, as named in targets) for each output: `{logits: fc}` -> logits; `[lstm.h]` -> lstm_h."""
+    if isinstance(outputs, dict):
+        return [(k, k) for k in outputs]
+    return [(o, str(o).replace(".", "_")) for o in outputs]

@@ -7,49 +7,74 @@ come from the op definitions.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+import re
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..ir.dims import DTYPES
+from .names import ArgName, AttrName, Name, PathName
 
-Ident = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 Ref = Union[str, list[str]]
-NUMBER_WITH_SUFFIX = r"^\s*[0-9.]+\s*[KMGTkmgt]?\s*$"
+# A reported figure: a number, or a string such as 25.6M, 61,100,840 or 3.8G (compiler/cost.py).
+_FIGURE = re.compile(r"\s*[0-9][0-9,_]*(\.[0-9]+)?\s*[KMGTBkmgtb]?\s*\Z")
+MAX_TEXT = 100_000  # characters of one free-text field (description, doc, title)
+
+
+def _figure(v):
+    if isinstance(v, bool) or not (isinstance(v, (int, float)) or (isinstance(v, str) and _FIGURE.match(v))):
+        raise PydanticCustomError("nnspec_figure", "a reported figure is a number such as 25.6M, 3.8G, 0.27M "
+                                  "or 61,100,840")
+    return v
+
+
+Figure = Annotated[Union[int, float, str], AfterValidator(_figure)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+GRAPH_NAMES_TAKEN = ("forward", "model", "weights")  # the main graph; artifact file names
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: YAML's `true` is not the integer 1, and "8" is not 8.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Paper(_Model):
-    title: str
-    authors: list[str] = []
+    title: Text
+    authors: list[Text] = Field(default_factory=list, max_length=1000)
     year: Optional[int] = None
-    arxiv: Optional[str] = None
-    url: Optional[str] = None
-    venue: Optional[str] = None
+    arxiv: Optional[Text] = None
+    url: Optional[Text] = None
+    venue: Optional[Text] = None
 
 
 class DimRange(_Model):
     """Range of a symbolic dim: used for TensorRT profiles, ONNX dim_params and generated inputs."""
 
-    min: int = Field(1, ge=0)
-    opt: Optional[int] = Field(None, ge=0)
-    max: Optional[int] = Field(None, ge=0)
+    min: int = Field(1, ge=1, le=2**31 - 1)
+    opt: Optional[int] = Field(None, ge=1, le=2**31 - 1)
+    max: Optional[int] = Field(None, ge=1, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        seq = [v for v in (self.min, self.opt, self.max) if v is not None]
+        if seq != sorted(seq):
+            raise PydanticCustomError("nnspec_dims", "a dim range needs min <= opt <= max (got min={lo}, opt={opt}, "
+                                      "max={hi})", {"lo": self.min, "opt": self.opt, "hi": self.max})
+        return self
 
 
 class InputSpec(_Model):
     shape: list[Union[int, str]]
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
     range: Optional[list[Union[int, float, str]]] = None  # [low, high) of generated values (int inputs)
-    doc: Optional[str] = None
+    doc: Optional[Text] = None
 
 
 class Preset(_Model):
-    params: dict[str, Any] = {}
-    reported: dict[str, Any] = {}
-    description: Optional[str] = None
+    params: dict[PathName, Any] = {}
+    reported: dict[Name, Figure] = {}
+    description: Optional[Text] = None
 
 
 ArgType = Literal["int", "float", "bool", "str", "list", "any"]
@@ -58,40 +83,57 @@ ArgType = Literal["int", "float", "bool", "str", "list", "any"]
 class ArgSpec(_Model):
     type: ArgType = "any"
     default: Any = None
-    doc: Optional[str] = None
+    doc: Optional[Text] = None
+
+
+def _not_empty(outputs):
+    if not outputs:
+        raise PydanticCustomError("nnspec_outputs", "a graph needs at least one output, e.g. outputs: {logits: fc}")
+    return outputs
+
+
+def _graph_name(name: str) -> str:
+    if name in GRAPH_NAMES_TAKEN:
+        raise PydanticCustomError("nnspec_graph", "graph name '{g}' is taken: forward is the main graph, model and "
+                                  "weights are artifact file names", {"g": name})
+    return name
+
+
+Outputs = Annotated[Union[dict[Name, str], list[str]], AfterValidator(_not_empty)]
+GraphName = Annotated[AttrName, AfterValidator(_graph_name)]
 
 
 class BlockSpec(_Model):
-    args: dict[str, Union[ArgType, ArgSpec]] = {}
-    in_: Union[str, list[str]] = Field(default_factory=list, alias="in")
-    nodes: dict[str, dict[str, Any]]
-    out: Union[str, list[str], dict[str, str]]
-    doc: Optional[str] = None
+    args: dict[Name, Union[ArgType, ArgSpec]] = {}
+    in_: Union[ArgName, list[ArgName]] = Field(default_factory=list, alias="in")
+    nodes: dict[AttrName, dict[str, Any]]
+    out: Union[str, list[str], dict[Name, str]]
+    doc: Optional[Text] = None
 
 
 class GraphSpec(_Model):
-    inputs: dict[str, InputSpec]
-    nodes: dict[str, dict[str, Any]]
-    outputs: Union[dict[str, str], list[str]]
-    doc: Optional[str] = None
+    inputs: dict[ArgName, InputSpec]
+    nodes: dict[AttrName, dict[str, Any]]
+    outputs: Outputs
+    doc: Optional[Text] = None
 
 
 class SpecModel(_Model):
     nnspec: Literal[1]
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    description: Optional[str] = None
+    name: Name
+    description: Optional[Text] = None
     paper: Optional[Paper] = None
-    params: dict[str, Any] = {}
-    presets: dict[str, Preset] = {}
-    reported: dict[str, Any] = {}
-    dims: dict[str, DimRange] = {}
+    params: dict[Name, Any] = {}
+    presets: dict[Name, Preset] = {}
+    reported: dict[Name, Figure] = {}
+    dims: dict[Name, DimRange] = {}
     include: list[str] = []
-    blocks: dict[str, BlockSpec] = {}
-    inputs: dict[str, InputSpec]
-    nodes: dict[str, dict[str, Any]]
-    outputs: Union[dict[str, str], list[str]]
-    graphs: dict[str, GraphSpec] = {}
-    notes: Optional[str] = None
+    blocks: dict[Name, BlockSpec] = {}
+    inputs: dict[ArgName, InputSpec]
+    nodes: dict[AttrName, dict[str, Any]]
+    outputs: Outputs
+    graphs: dict[GraphName, GraphSpec] = {}
+    notes: Optional[Text] = None
 
 
 class BlockNode(_Model):

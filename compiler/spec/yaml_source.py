@@ -16,9 +16,7 @@ import yaml
 
 from ..errors import Location, SpecError, register_source
 
-MAX_FILE_BYTES = 1 << 20
-MAX_DEPTH = 64
-MAX_VALUES = 200_000
+from ..limits import MAX_FILE_BYTES, MAX_YAML_DEPTH as MAX_DEPTH, MAX_YAML_VALUES as MAX_VALUES
 _MERGE = "tag:yaml.org,2002:merge"
 
 _CORE_TAGS = {
@@ -113,11 +111,15 @@ class _Builder:
             raise SpecError(f"bad scalar: {e}", _mark_loc(self.src.file, node, path)) from None
 
 
-def load_yaml(text: str, file: str) -> Source:
-    """Parse `text` (named `file` in messages) into a `Source`; raises `SpecError` on any problem."""
-    register_source(file, text)
-    if len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
-        raise SpecError(f"spec file is larger than {MAX_FILE_BYTES} bytes", Location(file, 1, 1))
+def load_yaml(text: str, file: str, register: bool = True) -> Source:
+    """Parse `text` (named `file` in messages) into a `Source`; raises `SpecError` on any problem.
+
+    `register=False` keeps the text out of the table errors quote lines from (for text that is
+    already registered under `file`, such as one `--set` override among several)."""
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
+        raise SpecError(f"spec text is larger than {MAX_FILE_BYTES:,} bytes", Location(file, 1, 1))
+    if register:
+        register_source(file, text)
     src = Source(file, None)
     try:
         # compose() builds the node graph without constructing any Python object from tags.
