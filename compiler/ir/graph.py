@@ -69,7 +69,8 @@ class Node:
     out_names: list = field(default_factory=list)  # names of the outputs (for `node.name` references)
     params: dict = field(default_factory=dict)  # name -> ParamSpec; filled by infer_shapes
     ties: dict = field(default_factory=dict)  # own param name -> "node_id.param" it shares storage with
-    init: dict = field(default_factory=dict)  # param name -> initialiser requested by the spec
+    init: dict = field(default_factory=dict)  # param name -> nnspec.compiler.init.Init requested by the spec
+    init_loc: Location | None = None  # where `init:` was written (errors about unknown parameters)
     loc: Location | None = None
     chain: list = field(default_factory=list)  # list[Frame]: block instantiations that produced it
     scope: tuple = ()  # tuple[Scope]

@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from pydantic import Field
+
 from ..errors import ShapeError
 from ..ir import dims as D
 from ..ir.dims import TensorType
-from .base import Attrs, Cost, Op, TorchCode, broadcast, expect, fmt_args, register, same_dim
+from .base import Attrs, Cost, DropP, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
 
 LOWEST_F32 = -3.4028234663852886e38  # masked scores: finite, so TensorRT and softmax never see inf - inf
 
@@ -77,9 +79,9 @@ def onnx_sdpa(b, q: str, k: str, v: str, rank: int, scale: float, causal: bool, 
 
 
 class AttentionAttrs(Attrs):
-    causal: bool = False
-    scale: Optional[float] = None
-    dropout: float = 0.0
+    causal: bool = Field(False, description="query i attends to keys 0..i only")
+    scale: Optional[float] = Field(None, gt=0.0, description="score scale; null: 1/sqrt(d)")
+    dropout: DropP = Field(0.0, description="dropout on the attention weights, in training")
 
 
 @register
@@ -128,10 +130,10 @@ class Attention(Op):
 
 
 class MhaAttrs(Attrs):
-    heads: int
-    dropout: float = 0.0
-    causal: bool = False
-    bias: bool = True
+    heads: Size = Field(description="number of heads; divides the model width")
+    dropout: DropP = Field(0.0, description="dropout on the attention weights, in training")
+    causal: bool = Field(False, description="query i attends to keys 0..i only")
+    bias: bool = Field(True, description="biases on the input and output projections")
 
 
 MHA_SNIPPET = '''
@@ -276,7 +278,7 @@ class AdditiveAttention(Op):
     name = "additive_attention"
 
     class Attrs(Attrs):
-        hidden: int
+        hidden: Size = Field(description="width of the alignment MLP")
 
     arity = (2, 2)
     fusion = "opaque"

@@ -17,12 +17,13 @@ every member. Nothing here imports torch or onnx.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ShapeError
 from ..ir.dims import TensorType
+from ..limits import MAX_DIM
 
 FUSION_CLASSES = ("elementwise", "injective", "reduction", "out_fusable", "opaque")
 
@@ -30,11 +31,24 @@ FUSION_CLASSES = ("elementwise", "injective", "reduction", "out_fusable", "opaqu
 class Attrs(BaseModel):
     """Base of op attribute models: unknown attributes are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML `true` is not 1 and "3" is not 3; finite: inf and nan never reach a lowering.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class NoAttrs(Attrs):
     pass
+
+
+# Constrained attribute types: the constraint is checked when the node is validated (so `kernel: 0`
+# is an error at `nodes.c.kernel`) and shown by `nnspec schema`.
+Size = Annotated[int, Field(ge=1, le=MAX_DIM)]  # a count or extent: channels, features, kernel, stride
+Pad = Annotated[int, Field(ge=0, le=MAX_DIM)]
+Axis = Annotated[int, Field(ge=-64, le=63)]  # an axis of a tensor of rank <= 64, negative from the end
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+DropP = Annotated[float, Field(ge=0.0, lt=1.0)]
+Eps = Annotated[float, Field(gt=0.0, le=1.0)]
+Sizes = Union[Size, Annotated[list[Size], Field(min_length=1, max_length=8)]]  # one per spatial axis, or one for all
+Pads = Union[Pad, Annotated[list[Pad], Field(min_length=1, max_length=8)]]
 
 
 @dataclass
@@ -112,6 +126,11 @@ class Op:
 
     def to_onnx(self, a, ins: list[str], b, node) -> list[str]:
         raise NotImplementedError(f"op {self.name} has no ONNX lowering")
+
+    def index_bounds(self, a, ins: list[TensorType]) -> dict:
+        """{input slot: size} for inputs this op uses as indices into something of that size (an
+        embedding table, an axis): `check` holds declared input ranges to it."""
+        return {}
 
     def trt_support(self, a, ins: list[TensorType]) -> Support:
         return Support()

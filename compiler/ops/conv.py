@@ -3,21 +3,22 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
+from pydantic import Field
+
 from ..ir import dims as D
 from ..ir.dims import TensorType
-from .base import Attrs, Cost, Op, TorchCode, expect, fmt_args, register
-
-IntOrPair = Union[int, list[int]]
+from .base import Attrs, Cost, Op, Pads, Size, Sizes, TorchCode, expect, fmt_args, register
 
 
 class ConvAttrs(Attrs):
-    out: int
-    kernel: IntOrPair
-    stride: IntOrPair = 1
-    padding: Union[IntOrPair, Literal["same", "valid"]] = 0
-    dilation: IntOrPair = 1
-    groups: int = 1
-    bias: bool = True
+    out: Size = Field(description="output channels")
+    kernel: Sizes = Field(description="window size: one value for every spatial axis, or one per axis")
+    stride: Sizes = Field(1, description="step between windows")
+    padding: Union[Pads, Literal["same", "valid"]] = Field(
+        0, description="zeros added on both sides of each spatial axis; 'same' keeps the size at stride 1")
+    dilation: Sizes = Field(1, description="spacing between kernel elements")
+    groups: Size = Field(1, description="blocked connections: input and output channels both divisible by it")
+    bias: bool = Field(True, description="learned additive bias")
 
 
 @register

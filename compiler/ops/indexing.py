@@ -8,12 +8,14 @@ one-hot matmul: target + onehot(index)[V, E] @ src[E, F].
 """
 from __future__ import annotations
 
+from pydantic import Field
+
 from ..ir.dims import TensorType
-from .base import Attrs, Op, Support, TorchCode, expect, norm_axis, register, same_dim
+from .base import Attrs, Axis, Op, Support, TorchCode, expect, norm_axis, register, same_dim
 
 
 class AxisAttrs(Attrs):
-    axis: int
+    axis: Axis = Field(description="the axis indexed")
 
 
 def _index(t: TensorType, one_d: bool) -> None:
@@ -47,6 +49,9 @@ class Gather(Op):
                        "index no larger than x except along the gather axis")
         return [TensorType(index.shape, x.dtype)]
 
+    def index_bounds(self, a, ins):
+        return {1: ins[0].shape[norm_axis(a.axis, ins[0].rank)]}
+
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"torch.gather({ins[0]}, {a.axis}, {ins[1]})")
 
@@ -69,6 +74,9 @@ class IndexSelect(Op):
         ax = norm_axis(a.axis, x.rank)
         return [x.with_shape(x.shape[:ax] + (index.shape[0],) + x.shape[ax + 1:])]
 
+    def index_bounds(self, a, ins):
+        return {1: ins[0].shape[norm_axis(a.axis, ins[0].rank)]}
+
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"torch.index_select({ins[0]}, {a.axis}, {ins[1]})")
 
@@ -77,7 +85,7 @@ class IndexSelect(Op):
 
 
 class ScatterAttrs(Attrs):
-    axis: int = 0
+    axis: Axis = Field(0, description="the axis scattered along")
 
 
 @register
@@ -99,6 +107,9 @@ class ScatterAdd(Op):
                f"src of shape [{', '.join(str(d) for d in want)}] (target's shape with the index length at axis {ax})")
         expect(src.dtype == target.dtype, f"src has dtype {src.dtype}, target {target.dtype}", "one dtype")
         return [target]
+
+    def index_bounds(self, a, ins):
+        return {1: ins[0].shape[norm_axis(a.axis, ins[0].rank)]}
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"{ins[0]}.index_add({a.axis}, {ins[1]}, {ins[2]})")

@@ -5,7 +5,9 @@ from typing import Optional
 
 from ..ir import dims as D
 from ..ir.dims import TensorType
-from .base import Attrs, Cost, NoAttrs, Op, TorchCode, broadcast, expect, fmt_args, register, same_dim
+from pydantic import Field
+
+from .base import Attrs, Cost, NoAttrs, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
 
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -25,8 +27,8 @@ class Linear(Op):
     fusion = "out_fusable"
 
     class Attrs(Attrs):
-        out: int
-        bias: bool = True
+        out: Size = Field(description="output features")
+        bias: bool = Field(True, description="learned additive bias")
 
     def infer(self, a, ins):
         (x,) = ins
@@ -67,9 +69,9 @@ class Embedding(Op):
     fusion = "injective"
 
     class Attrs(Attrs):
-        num: int
-        dim: int
-        padding_idx: Optional[int] = None
+        num: Size = Field(description="rows of the table (vocabulary size); ids must lie in [0, num)")
+        dim: Size = Field(description="width of each row")
+        padding_idx: Optional[int] = Field(None, description="a row kept at zero and not trained")
 
     def infer(self, a, ins):
         (ids,) = ins
@@ -83,6 +85,9 @@ class Embedding(Op):
     def params(self, a, ins):
         from ..ir.graph import ParamSpec
         return {"weight": ParamSpec((a.num, a.dim))}
+
+    def index_bounds(self, a, ins):
+        return {0: a.num}
 
     def to_torch(self, a, ins, m, node):
         kw = {} if a.padding_idx is None else {"padding_idx": a.padding_idx}
@@ -146,7 +151,7 @@ class Scale(Op):
     fusion = "elementwise"
 
     class Attrs(Attrs):
-        factor: float
+        factor: float = Field(description="the constant multiplier")
 
     def infer(self, a, ins):
         expect(ins[0].dtype in FLOAT_DTYPES, f"scale input has dtype {ins[0].dtype}", "a floating-point tensor")

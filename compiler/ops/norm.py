@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+from pydantic import Field
+
 from ..ir.graph import ParamSpec
-from .base import Attrs, Op, TorchCode, expect, fmt_args, register
+from .base import Attrs, Eps, Op, Prob, Size, TorchCode, expect, fmt_args, register
+
+EPS = "added to the variance for numerical stability"
+DIMS = "how many trailing axes are normalised together"
 from .linear import FLOAT_DTYPES, concrete, onnx_scalar
 
 FLOAT32_EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps: nn.RMSNorm's eps=None
@@ -42,9 +47,9 @@ class BatchNorm(Op):
     train_dependent = True
 
     class Attrs(Attrs):
-        eps: float = 1e-5
-        momentum: Optional[float] = 0.1
-        affine: bool = True
+        eps: Eps = Field(1e-5, description=EPS)
+        momentum: Optional[Prob] = Field(0.1, description="running-statistics update rate; null: cumulative average")
+        affine: bool = Field(True, description="learned per-channel scale and shift")
 
     def infer(self, a, ins):
         (x,) = ins
@@ -105,10 +110,10 @@ class LayerNorm(Op):
     fusion = "reduction"
 
     class Attrs(Attrs):
-        dims: int = 1
-        eps: float = 1e-5
-        affine: bool = True
-        bias: bool = True
+        dims: Size = Field(1, le=8, description=DIMS)
+        eps: Eps = Field(1e-5, description=EPS)
+        affine: bool = Field(True, description="learned elementwise scale (and shift)")
+        bias: bool = Field(True, description="learned shift, when affine")
 
     def infer(self, a, ins):
         _floating(ins[0], "layer_norm")
@@ -150,9 +155,9 @@ class RMSNorm(Op):
     fusion = "reduction"
 
     class Attrs(Attrs):
-        dims: int = 1
-        eps: Optional[float] = None
-        affine: bool = True
+        dims: Size = Field(1, le=8, description=DIMS)
+        eps: Optional[Eps] = Field(None, description="added to the mean square; null: float32 machine epsilon")
+        affine: bool = Field(True, description="learned elementwise scale")
 
     def infer(self, a, ins):
         _floating(ins[0], "rms_norm")
@@ -191,9 +196,9 @@ class GroupNorm(Op):
     fusion = "reduction"
 
     class Attrs(Attrs):
-        groups: int
-        eps: float = 1e-5
-        affine: bool = True
+        groups: Size = Field(description="number of channel groups; divides the channel count")
+        eps: Eps = Field(1e-5, description=EPS)
+        affine: bool = Field(True, description="learned per-channel scale and shift")
 
     def infer(self, a, ins):
         (x,) = ins
@@ -242,10 +247,10 @@ class LocalResponseNorm(Op):
     fusion = "opaque"
 
     class Attrs(Attrs):
-        size: int
-        alpha: float = 1e-4
-        beta: float = 0.75
-        k: float = 1.0
+        size: Size = Field(description="neighbouring channels in the window")
+        alpha: float = Field(1e-4, ge=0.0, description="multiplicative factor")
+        beta: float = Field(0.75, ge=0.0, description="exponent")
+        k: float = Field(1.0, gt=0.0, description="additive factor")
 
     def infer(self, a, ins):
         (x,) = ins

@@ -5,12 +5,16 @@ inside the input or its left padding.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
+
+from pydantic import Field
 
 from ..ir import dims as D
-from .base import Attrs, Op, TorchCode, expect, fmt_args, register
+from .base import Attrs, Op, Pads, Sizes, TorchCode, expect, fmt_args, register
 
-IntOrList = Union[int, list[int]]
+KERNEL = "window size: one value for every spatial axis, or one per axis"
+STRIDE = "step between windows (default: the kernel size)"
+PADDING = "implicit padding on both sides, at most half the kernel"
 
 
 def pool_out(size, k: int, s: int, p: int, d: int, ceil: bool):
@@ -91,11 +95,11 @@ class MaxPool(_WindowPool):
     names = ["max_pool1d", "max_pool2d"]
 
     class Attrs(Attrs):
-        kernel: IntOrList
-        stride: Optional[IntOrList] = None
-        padding: IntOrList = 0
-        dilation: IntOrList = 1
-        ceil_mode: bool = False
+        kernel: Sizes = Field(description=KERNEL)
+        stride: Optional[Sizes] = Field(None, description=STRIDE)
+        padding: Pads = Field(0, description=PADDING)
+        dilation: Sizes = Field(1, description="spacing between window elements")
+        ceil_mode: bool = Field(False, description="round output sizes up rather than down")
 
     def to_torch(self, a, ins, m, node):
         k, kw = self._kw(a)
@@ -113,11 +117,11 @@ class AvgPool(_WindowPool):
     names = ["avg_pool1d", "avg_pool2d"]
 
     class Attrs(Attrs):
-        kernel: IntOrList
-        stride: Optional[IntOrList] = None
-        padding: IntOrList = 0
-        ceil_mode: bool = False
-        count_include_pad: bool = True
+        kernel: Sizes = Field(description=KERNEL)
+        stride: Optional[Sizes] = Field(None, description=STRIDE)
+        padding: Pads = Field(0, description=PADDING)
+        ceil_mode: bool = Field(False, description="round output sizes up rather than down")
+        count_include_pad: bool = Field(True, description="average over padded zeros too")
 
     def to_torch(self, a, ins, m, node):
         k, kw = self._kw(a)
@@ -138,7 +142,7 @@ class AdaptivePool(Op):
     fusion = "reduction"
 
     class Attrs(Attrs):
-        size: IntOrList
+        size: Sizes = Field(description="output size: one value for every spatial axis, or one per axis")
 
     def nd(self) -> int:
         return int(self.name[-2])

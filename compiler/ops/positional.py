@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from .base import Attrs, Op, TorchCode, expect, fmt_args, register
+from pydantic import Field
+
+from .base import Attrs, DropP, Op, Size, TorchCode, expect, fmt_args, register
 
 SNIPPET = '''
 class PositionalEncoding(nn.Module):
@@ -35,9 +37,11 @@ class PositionalEncoding(nn.Module):
 
 
 class PeAttrs(Attrs):
-    kind: Literal["sinusoidal", "learned"] = "sinusoidal"
-    max_len: int = 5000
-    dropout: float = 0.0
+    kind: Literal["sinusoidal", "learned"] = Field(
+        "sinusoidal", description="sinusoidal: the Transformer's fixed sines and cosines (a buffer); learned: a "
+        "trained [max_len, d] table initialised N(0, 0.02)")
+    max_len: Size = Field(5000, le=1 << 20, description="longest sequence the table covers")
+    dropout: DropP = Field(0.0, description="dropout after adding the encoding, in training")
 
 
 @register

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from ..ir import dims as D
 from ..ir.dims import TensorType
-from .base import Attrs, Cost, Op, TorchCode, expect, fmt_args, register, same_dim
+from .base import Attrs, Cost, DropP, Op, Size, TorchCode, expect, fmt_args, register, same_dim
 
 # Gates per cell, torch's order, and the position of each ONNX gate in torch's order.
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -26,11 +28,11 @@ STATES = {"lstm": 2, "gru": 1, "rnn": 1}
 
 
 class SeqAttrs(Attrs):
-    hidden: int
-    layers: int = 1
-    bidirectional: bool = False
-    bias: bool = True
-    dropout: float = 0.0
+    hidden: Size = Field(description="hidden state width")
+    layers: Size = Field(1, le=1000, description="stacked layers")
+    bidirectional: bool = Field(False, description="also run each layer backwards and concatenate")
+    bias: bool = Field(True, description="learned biases")
+    dropout: DropP = Field(0.0, description="dropout between stacked layers, in training")
 
 
 def _float(t: TensorType, what: str) -> None:
@@ -187,12 +189,12 @@ def _gate_rows(order: list[int], hidden: int) -> list[int]:
 
 
 class CellAttrs(Attrs):
-    hidden: int
-    bias: bool = True
+    hidden: Size = Field(description="hidden state width")
+    bias: bool = Field(True, description="learned biases")
 
 
 class RnnCellAttrs(CellAttrs):
-    nonlinearity: Literal["tanh", "relu"] = "tanh"
+    nonlinearity: Literal["tanh", "relu"] = Field("tanh", description="activation of the new state")
 
 
 @register

@@ -1,9 +1,11 @@
 """Reductions (mean, sum, max over axes) and the softmax family (softmax, log_softmax over one axis)."""
 from __future__ import annotations
 
-from typing import Union
+from typing import Annotated, Union
 
-from .base import Attrs, Op, TorchCode, expect, register
+from pydantic import Field
+
+from .base import Attrs, Axis, Op, TorchCode, expect, register
 from .linear import FLOAT_DTYPES
 
 # name -> (torch method, ONNX op)
@@ -28,8 +30,9 @@ class Reduce(Op):
     fusion = "reduction"
 
     class Attrs(Attrs):
-        axes: Union[int, list[int]]
-        keepdim: bool = False
+        axes: Union[Axis, Annotated[list[Axis], Field(min_length=1, max_length=64)]] = Field(
+            description="axis or axes reduced")
+        keepdim: bool = Field(False, description="keep reduced axes with size 1")
 
     def infer(self, a, ins):
         (x,) = ins
@@ -63,7 +66,7 @@ class Softmax(Op):
     fusion = "reduction"
 
     class Attrs(Attrs):
-        axis: int = -1
+        axis: Axis = Field(-1, description="the axis normalised over")
 
     def infer(self, a, ins):
         (x,) = ins

@@ -5,8 +5,10 @@ deterministic — dropout is the identity and gaussian_sample returns the mean.
 """
 from __future__ import annotations
 
+from pydantic import Field
+
 from ..ir.dims import TensorType
-from .base import Attrs, NoAttrs, Op, TorchCode, expect, fmt_args, register, same_dim
+from .base import Attrs, NoAttrs, Op, Prob, TorchCode, expect, fmt_args, register, same_dim
 from .linear import FLOAT_DTYPES
 
 
@@ -19,7 +21,7 @@ class Dropout(Op):
     train_dependent = True
 
     class Attrs(Attrs):
-        p: float = 0.5
+        p: Prob = Field(0.5, description="probability of zeroing an element, in training")
 
     def infer(self, a, ins):
         expect(0.0 <= a.p <= 1.0, f"dropout p={a.p}", "a probability 0 <= p <= 1")

@@ -7,11 +7,16 @@ Shapes may hold symbolic dims; the ONNX forms keep them dynamic (shape vectors u
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
+
+from pydantic import Field
 
 from ..ir import dims as D
 from ..ir.dims import TensorType
-from .base import Attrs, NoAttrs, Op, TorchCode, expect, fmt_args, register, same_dim
+from ..limits import MAX_DIM
+from .base import Attrs, Axis, NoAttrs, Op, Size, TorchCode, expect, fmt_args, register, same_dim
+
+Extent = Annotated[int, Field(ge=-1, le=MAX_DIM)]  # a reshape entry: a size, 0 (copy) or -1 (infer)
 from .linear import onnx_scalar
 
 INT64_MAX = 2**63 - 1
@@ -49,8 +54,8 @@ class Flatten(Op):
     fusion = "injective"
 
     class Attrs(Attrs):
-        start: int = 1
-        end: int = -1
+        start: Axis = Field(1, description="first axis merged")
+        end: Axis = Field(-1, description="last axis merged (inclusive)")
 
     def _range(self, a, x) -> tuple:
         expect(x.rank >= 1, f"flatten of a scalar ({x})", "rank >= 1")
@@ -93,7 +98,8 @@ class Reshape(Op):
     fusion = "injective"
 
     class Attrs(Attrs):
-        shape: list[int]
+        shape: list[Extent] = Field(max_length=64, description="the new shape: 0 copies the input dim at that "
+                                    "position, one -1 is inferred")
 
     def infer(self, a, ins):
         (x,) = ins
@@ -150,7 +156,7 @@ class Transpose(Op):
     fusion = "injective"
 
     class Attrs(Attrs):
-        perm: list[int]
+        perm: list[Axis] = Field(max_length=64, description="output axis i is input axis perm[i]")
 
     def infer(self, a, ins):
         (x,) = ins
@@ -171,8 +177,8 @@ class Swap(Op):
     fusion = "injective"
 
     class Attrs(Attrs):
-        a: int
-        b: int
+        a: Axis = Field(description="one axis")
+        b: Axis = Field(description="the other axis")
 
     def perm(self, a, rank: int) -> list:
         i, j = _axis(a.a, rank, "a"), _axis(a.b, rank, "b")
@@ -219,10 +225,10 @@ class Slice(Op):
     fusion = "injective"
 
     class Attrs(Attrs):
-        axis: int
-        start: int = 0
-        end: Optional[int] = None
-        step: int = 1
+        axis: Axis = Field(description="the axis sliced")
+        start: int = Field(0, ge=-MAX_DIM, le=MAX_DIM, description="first index (negative: from the end)")
+        end: Optional[int] = Field(None, ge=-MAX_DIM, le=MAX_DIM, description="index after the last; null: to the end")
+        step: Size = Field(1, description="stride between kept elements")
 
     def infer(self, a, ins):
         (x,) = ins
@@ -265,7 +271,7 @@ class Concat(Op):
     fusion = "injective"
 
     class Attrs(Attrs):
-        axis: int
+        axis: Axis = Field(description="the axis joined along")
 
     def infer(self, a, ins):
         ax = _axis(a.axis, ins[0].rank)
@@ -290,8 +296,8 @@ class Split(Op):
     fusion = "injective"
 
     class Attrs(Attrs):
-        axis: int
-        sizes: list[int]
+        axis: Axis = Field(description="the axis split")
+        sizes: list[Size] = Field(min_length=1, max_length=4096, description="size of each piece, in order")
 
     def outputs(self, a):
         return [f"out{i}" for i in range(len(a.sizes))]
@@ -323,7 +329,7 @@ class Stack(Op):
     fusion = "injective"
 
     class Attrs(Attrs):
-        axis: int
+        axis: Axis = Field(description="position of the new axis")
 
     def infer(self, a, ins):
         _same_but(ins, -1, "stack")
@@ -371,10 +377,11 @@ class Parameter(Op):
     torch_snippets = {"LearnedTensor": LEARNED_TENSOR}
 
     class Attrs(Attrs):
-        shape: list[int]
+        shape: list[Size] = Field(max_length=8, description="shape of the learned tensor")
         # `fill`, not `init`: `init:` is the per-node key that overrides any op's initialisers.
-        fill: Literal["normal", "trunc_normal", "uniform", "zeros", "ones"] = "normal"
-        std: float = 1.0
+        fill: Literal["normal", "trunc_normal", "uniform", "zeros", "ones"] = Field(
+            "normal", description="initial values")
+        std: float = Field(1.0, ge=0.0, description="spread of normal, trunc_normal and uniform fills")
 
     def infer(self, a, ins):
         expect(len(a.shape) >= 1 and all(d > 0 for d in a.shape), f"parameter shape {a.shape}",

@@ -1,8 +1,9 @@
 """The core passes every pipeline starts with: expand, infer_shapes, resolve_ties, eliminate_dead_code."""
 from __future__ import annotations
 
-from ..errors import NnspecError, ShapeError, SpecError, SpecErrors
+from ..errors import NnspecError, ShapeError, SpecError, SpecErrors, quote
 from ..ir.graph import Graph
+from ..limits import MAX_COLLECTED_ERRORS, MAX_DIM, MAX_PARAMS, MAX_TENSOR_ELEMENTS
 from .expand import expand as _expand
 from .manager import Program, register_pass
 
@@ -14,12 +15,23 @@ def expand(program: Program, ctx) -> dict:
     return {"nodes": sum(len(g) for g in program.graphs.values())}
 
 
+class OpBug(NnspecError):
+    """An op's own code failed on input it should have refused with a ShapeError: a bug in that op."""
+
+    kind = "internal error"
+    exit_code = 70
+
+
 def _infer_graph(g: Graph, errors: list) -> None:
     failed: set = set()
     for n in g.topo():
+        if len(errors) >= MAX_COLLECTED_ERRORS:
+            return
         if n.op == "input":
             if not n.outputs:  # scan body inputs are typed by their scan
                 failed.add(n.id)
+            else:
+                _check_sizes(n)
             continue
         srcs = g.inputs_of(n.id)
         if any(s in failed for s, _ in srcs):
@@ -36,9 +48,11 @@ def _infer_graph(g: Graph, errors: list) -> None:
             if not n.out_names or len(n.out_names) != len(n.outputs):
                 n.out_names = op.outputs(n.attrs) if len(op.outputs(n.attrs)) == len(n.outputs) else \
                     [f"out{i}" for i in range(len(n.outputs))]
+            _check_sizes(n)
+            _check_init(n)
         except ShapeError as e:
             ins_txt = ", ".join(f"{s}: {t}" for (s, _), t in zip(srcs, ins))
-            errors.append(ShapeError(f"{n.op} '{n.id}': {e.message}", n.loc, expected=e.expected,
+            errors.append(ShapeError(f"{n.op} '{n.id}': {e.message}", e.loc or n.loc, expected=e.expected,
                                      hint=e.hint or (f"inputs are {ins_txt}" if ins_txt else None), chain=n.chain))
             failed.add(n.id)
         except NnspecError as e:
@@ -46,6 +60,60 @@ def _infer_graph(g: Graph, errors: list) -> None:
             e.chain = e.chain or n.chain
             errors.append(e)
             failed.add(n.id)
+        except (ArithmeticError, TypeError, ValueError, IndexError, KeyError, AttributeError, RecursionError) as e:
+            # Not the user's fault, but still their spec's node: say where, and that the op is to blame.
+            errors.append(OpBug(f"op '{n.op}' failed on node '{n.id}' ({type(e).__name__}: {quote(str(e))}); this is a "
+                                f"bug in the op's shape inference, please report it with this spec", n.loc, chain=n.chain))
+            failed.add(n.id)
+
+
+def _check_sizes(n) -> None:
+    """Concrete dims, per-tensor element counts and parameter shapes stay within compiler/limits.py."""
+    for t in n.outputs:
+        numel = 1
+        for d in t.shape:
+            if isinstance(d, int):
+                if not 0 <= d <= MAX_DIM:
+                    raise ShapeError(f"dim {d:,} of {t} is out of range", expected=f"dims from 0 to {MAX_DIM:,}")
+                numel *= d
+        if numel > MAX_TENSOR_ELEMENTS:
+            raise ShapeError(f"{t} has {numel:,} elements", expected=f"at most {MAX_TENSOR_ELEMENTS:,} per tensor")
+    for pname, p in n.params.items():
+        if any(not isinstance(d, int) or not 0 <= d <= MAX_DIM for d in p.shape) or p.numel() > MAX_TENSOR_ELEMENTS:
+            raise ShapeError(f"parameter '{pname}' has shape {list(p.shape)}",
+                             expected=f"concrete dims up to {MAX_DIM:,} and at most {MAX_TENSOR_ELEMENTS:,} elements")
+
+
+def _check_init(n) -> None:
+    """Every `init:` entry names a parameter of the node's op."""
+    for pname in n.init:
+        if pname not in n.params or n.params[pname].buffer:
+            have = ", ".join(k for k, p in n.params.items() if not p.buffer) or "none"
+            raise SpecError(f"init names parameter '{pname}', but {n.op} '{n.id}' has no such parameter",
+                            n.init_loc or n.loc, chain=n.chain, expected=f"one of its parameters: {have}")
+
+
+def _check_index_ranges(g: Graph) -> None:
+    """A declared input `range: [low, high)` that feeds an index stays inside what it indexes:
+    `range: [0, 1000]` into an embedding of 256 rows would make every generated input fail."""
+    for n in g.inputs():
+        rng = n.attrs.range
+        if not rng or not n.outputs:
+            continue
+        lo, hi = rng
+        for dst, slot, _ in g.users(n.id):
+            user = g.node(dst)
+            size = user.opdef.index_bounds(user.attrs, g.input_types(dst)).get(slot)
+            if size is None:
+                continue
+            if isinstance(hi, str) and isinstance(size, int):  # [0, V]: V may grow to its declared max
+                hi_max = (g.symbols.get(hi) or {}).get("max")
+                too_wide = hi_max is None or hi_max > size
+            else:
+                too_wide = isinstance(hi, (int, float)) and isinstance(size, int) and hi > size
+            if too_wide or (isinstance(lo, (int, float)) and lo < 0):
+                raise SpecError(f"input '{n.id}' has range [{lo}, {hi}) but indexes {user.op} '{user.id}', which has "
+                                f"{size} entries", n.loc, expected=f"a range inside [0, {size}), e.g. range: [0, {size}]")
 
 
 class _BodyFailed(ShapeError):
@@ -74,6 +142,12 @@ def infer_shapes(program: Program, ctx) -> dict:
     errors = [e for e in errors if not isinstance(e, _BodyFailed)]
     if errors:
         raise errors[0] if len(errors) == 1 else SpecErrors(errors)
+    for g in program.graphs.values():
+        _check_index_ranges(g)
+    total = sum(p.numel() for n in program.all_nodes() for k, p in n.params.items() if k not in n.ties)
+    if total > MAX_PARAMS:
+        raise ShapeError(f"the program has {total:,} parameters and buffers", program.spec.loc(("nodes",), key=True),
+                         expected=f"at most {MAX_PARAMS:,}")
     return {}
 
 
@@ -87,23 +161,29 @@ def resolve_ties(program: Program, ctx) -> dict:
     by_id = {n.id: n for n in program.all_nodes()}
     count = 0
 
-    def owner(nid: str, pname: str, seen: tuple):
-        n = by_id[nid]
-        tgt = n.ties.get(pname)
-        if tgt is None or (nid, pname) in seen:
-            return nid, pname
-        tid, _, tp = tgt.rpartition(".")
-        return owner(tid, tp, seen + ((nid, pname),))
+    def owner(n, nid: str, pname: str, seen: set):
+        # Iterative: a chain of thousands of ties must not exhaust the Python stack.
+        while True:
+            if (nid, pname) in seen:
+                raise SpecError(f"the ties of '{n.id}' form a cycle through '{nid}.{pname}'", n.loc, chain=n.chain,
+                                expected="ties that end at a parameter which is not tied itself")
+            if nid not in by_id or pname not in by_id[nid].params:
+                raise SpecError(f"'{n.id}' ties, through a chain of ties, to unknown parameter '{nid}.{pname}'", n.loc,
+                                chain=n.chain, expected="node_id.param_name of an existing node")
+            tgt = by_id[nid].ties.get(pname)
+            if tgt is None:
+                return nid, pname
+            seen.add((nid, pname))
+            nid, _, pname = tgt.rpartition(".")
 
-    for n in list(by_id.values()):
-        if not n.ties:
-            continue
+    for n in by_id.values():  # `share:` first, so chains can pass through sharing nodes
         if "*" in n.ties:
             tid = n.ties.pop("*")
             if tid not in by_id:
                 raise SpecError(f"'{n.id}' shares params with unknown node '{tid}'", n.loc, chain=n.chain,
                                 expected="the id of a node with parameters, e.g. encoder.embed")
             n.ties.update({p: f"{tid}.{p}" for p in n.params})
+    for n in by_id.values():
         for pname, target in list(n.ties.items()):
             tid, _, tp = target.rpartition(".")
             if pname not in n.params:
@@ -113,7 +193,7 @@ def resolve_ties(program: Program, ctx) -> dict:
                 have = ", ".join(f"{tid}.{p}" for p in by_id[tid].params) if tid in by_id else None
                 raise SpecError(f"'{n.id}' ties to unknown parameter '{target}'", n.loc, chain=n.chain,
                                 expected=f"one of: {have}" if have else "node_id.param_name of an existing node")
-            oid, op_ = owner(tid, tp, ((n.id, pname),))
+            oid, op_ = owner(n, tid, tp, {(n.id, pname)})
             mine, theirs = n.params[pname].shape, by_id[oid].params[op_].shape
             if tuple(mine) != tuple(theirs):
                 raise SpecError(f"'{n.id}.{pname}' {list(mine)} cannot share storage with '{oid}.{op_}' {list(theirs)}",

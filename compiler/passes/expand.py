@@ -18,23 +18,22 @@ together. Sizes are bounded: `repeat` and the total node count.
 from __future__ import annotations
 
 import difflib
-import keyword
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from ..errors import Frame, Location, NnspecError, SpecError, SpecErrors
+from ..errors import Frame, Location, NnspecError, SpecError, SpecErrors, quote
+from ..init import InitError, parse_init
 from ..ir.dims import TensorType
 from ..ir.graph import Graph, Instance, Node, Scope
 from ..ops import registry
+from ..ops.describe import field_text
 from ..spec.expr import ExprError, evaluate
 from ..spec.load import LoadedSpec
+from ..spec.names import problem
 from ..spec.models import BLOCK_NODE_KEYS, COMMON_NODE_KEYS, SCAN_NODE_KEYS, ArgSpec, BlockNode, ScanNode
 
-MAX_NODES = 200_000
-MAX_REPEAT = 100_000
-MAX_BLOCK_DEPTH = 32
-RESERVED_GRAPH_NAMES = {"forward", "model", "weights"}
+from ..limits import MAX_BLOCK_DEPTH, MAX_COLLECTED_ERRORS, MAX_DIM, MAX_NODES, MAX_REPEAT
 
 
 class _Poison:
@@ -63,7 +62,11 @@ class Ctx:
 
 
 class _Skip(Exception):
-    pass
+    """This node failed (its error is recorded); expansion goes on with the next one."""
+
+
+class _Stop(Exception):
+    """Expansion cannot usefully go on (a recursive block, too many errors): report what was found."""
 
 
 class Expander:
@@ -76,9 +79,11 @@ class Expander:
     def loc(self, path: tuple, key: bool = False) -> Location | None:
         return self.spec.loc(path, key)
 
-    def fail(self, msg: str, path: tuple, ctx: Ctx | None, key: bool = False, **kw) -> None:
+    def fail(self, msg: str, path: tuple, ctx: Ctx | None, key: bool = False, fatal: bool = False, **kw) -> None:
         err = SpecError(msg, self.loc(path, key), chain=list(ctx.chain) if ctx else [], **kw)
         self.errors.append(err)
+        if fatal or len(self.errors) >= MAX_COLLECTED_ERRORS:
+            raise _Stop
         raise _Skip
 
     def ev(self, value, path: tuple, ctx: Ctx):
@@ -115,11 +120,39 @@ class Expander:
         items = raw if isinstance(raw, list) else [raw]
         return [self.resolve(r, path + ((i,) if isinstance(raw, list) else ()), ctx) for i, r in enumerate(items)]
 
-    def bump(self, n: int, path: tuple, ctx: Ctx) -> None:
-        self.count += n
-        if self.count > MAX_NODES:
-            self.fail(f"spec expands to more than {MAX_NODES} nodes", path, ctx,
+    def bump(self, n: int, path: tuple, ctx: Ctx, planned: bool = False) -> None:
+        """Count `n` new nodes (or, `planned`, check that `n` more would still fit) against MAX_NODES."""
+        total = self.count + n
+        if total > MAX_NODES:
+            self.fail(f"spec expands to more than {MAX_NODES:,} nodes" + (f" (this repeat alone needs at least "
+                      f"{n:,} more)" if planned else ""), path, ctx, fatal=True,
                       expected="fewer repeats; nnspec bounds the size of expanded graphs")
+        if not planned:
+            self.count = total
+
+    def min_size(self, bname: str, names: dict, seen: tuple = ()) -> int:
+        """A lower bound on the nodes one instance of block `bname` expands to, from its op nodes and
+        the repeats of nested blocks that evaluate with `names` (others count once). It lets a
+        repeat be refused before any of it is built."""
+        if bname in seen or len(seen) >= MAX_BLOCK_DEPTH:
+            return 1
+        total = 0
+        for raw in self.spec.model.blocks[bname].nodes.values():
+            if not isinstance(raw, dict):
+                continue
+            inner = raw.get("block") if "block" in raw else raw.get("scan")
+            if not isinstance(inner, str) or inner not in self.spec.model.blocks:
+                total += 1
+                continue
+            try:
+                n = evaluate(raw.get("repeat", 1), names)
+            except ExprError:
+                n = 1
+            n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+            total += min(n, MAX_NODES) * self.min_size(inner, names, seen + (bname,)) + ("scan" in raw)
+            if total > MAX_NODES:
+                break
+        return max(total, 1)
 
     # -- graphs -------------------------------------------------------------------------------
     def graph(self, name: str, inputs: dict, nodes: dict, outputs, base: tuple) -> Graph:
@@ -132,16 +165,19 @@ class Expander:
             try:
                 shape = tuple(self.ev(d, ipath + ("shape", j), ctx) for j, d in enumerate(ispec.shape))
                 for j, d in enumerate(shape):
-                    if not (isinstance(d, int) and not isinstance(d, bool) and d > 0) and \
-                            not (isinstance(d, str) and d.isidentifier() and not keyword.iskeyword(d)):
+                    if not (isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM) and \
+                            not (isinstance(d, str) and problem(d) is None):
                         self.fail(f"dim {d!r} of input '{iname}'", ipath + ("shape", j), ctx,
                                   expected="a positive int or a symbol such as N or T")
                 rng = self.ev(ispec.range, ipath + ("range",), ctx) if ispec.range else None
                 syms = {d for i in inputs.values() for d in i.shape if isinstance(d, str)} | set(self.spec.model.dims)
                 if rng is not None and (not isinstance(rng, list) or len(rng) != 2 or any(
                         isinstance(b, bool) or not (isinstance(b, (int, float)) or b in syms) for b in rng)):
-                    self.fail(f"range {rng!r} of input '{iname}'", ipath + ("range",), ctx,
+                    self.fail(f"range {quote(rng)} of input '{iname}'", ipath + ("range",), ctx,
                               expected="[low, high): numbers or dim symbols, e.g. [0, 256] or [0, V]")
+                if rng is not None and all(isinstance(b, (int, float)) for b in rng) and not rng[0] < rng[1]:
+                    self.fail(f"range {quote(rng)} of input '{iname}' is empty or reversed", ipath + ("range",), ctx,
+                              expected="[low, high) with low < high, e.g. [0, 256]")
                 node = Node(iname, "input", attrs=registry()["input"].Attrs(name=iname, range=rng),
                             outputs=[TensorType(shape, ispec.dtype)], out_names=["out"],
                             loc=self.loc(ipath, key=True))
@@ -203,8 +239,11 @@ class Expander:
             model = op.Attrs(**attrs)
         except ValidationError as e:
             # An unknown key is the likeliest root cause (a typo), so report it before "missing".
-            order = {"extra_forbidden": 0, "missing": 2}
-            err = sorted(e.errors(), key=lambda x: order.get(x["type"], 1))[0]
+            # Union attributes give one error per alternative: a value error (`kernel: [3, -1]` breaks
+            # `>= 1` inside the list alternative) says more than "not an int".
+            order = {"extra_forbidden": 0, "missing": 3}
+            err = sorted(e.errors(), key=lambda x: (order.get(x["type"], 2 if x["type"].endswith("_type") else 1),
+                                                    -len(x["loc"])))[0]
             key = err["loc"][0] if err["loc"] else None
             if err["type"] == "extra_forbidden":
                 allowed = sorted(set(op.Attrs.model_fields) | COMMON_NODE_KEYS)
@@ -213,9 +252,9 @@ class Expander:
                           expected=f"one of: {', '.join(allowed)}", hint=f"did you mean '{close[0]}'?" if close else None)
             if err["type"] == "missing":
                 self.fail(f"op '{opname}' needs attribute '{key}'", path, ctx, key=True,
-                          expected=f"{key}: {_type_name(op.Attrs.model_fields[key].annotation)}")
+                          expected=f"{key}: {field_text(op.Attrs.model_fields[key])}")
             self.fail(f"attribute '{key}' of op '{opname}': {err['msg']}", path + ((key,) if key else ()), ctx,
-                      expected=_type_name(op.Attrs.model_fields[key].annotation) if key in op.Attrs.model_fields else None)
+                      expected=field_text(op.Attrs.model_fields[key]) if key in op.Attrs.model_fields else None)
         ins = self.refs(raw.get("in"), path + ("in",), ctx, implicit=op.arity[0])
         lo, hi = op.arity
         if len(ins) < lo or (hi is not None and len(ins) > hi):
@@ -226,18 +265,36 @@ class Expander:
                     chain=list(ctx.chain), scope=ctx.scope, out_names=op.outputs(model))
         if "tie" in raw:
             tie = self.ev(raw["tie"], path + ("tie",), ctx)
-            if not isinstance(tie, dict) or not all(isinstance(v, str) and "." in v for v in tie.values()):
+            if not isinstance(tie, dict) or not tie:
                 self.fail("tie must map own params to 'node.param'", path + ("tie",), ctx,
                           expected="e.g. tie: {weight: embed.weight}")
+            for k, v in tie.items():
+                why = problem(k) or problem(v, "path") or (None if isinstance(v, str) and "." in v else
+                                                            "a parameter of another node is 'node.param'")
+                if why:
+                    self.fail(f"tie {quote(k)}: {quote(v)}: {why}", path + ("tie", k), ctx,
+                              expected="e.g. tie: {weight: embed.weight}")
             node.ties = dict(tie)
         if "share" in raw:
-            node.ties = {"*": self.ev(raw["share"], path + ("share",), ctx)}
+            share = self.ev(raw["share"], path + ("share",), ctx)
+            why = problem(share, "path")
+            if why:
+                self.fail(f"share: {quote(share)}: {why}", path + ("share",), ctx, expected="the id of a node, e.g. encoder.embed")
+            node.ties = {"*": share}
         if "init" in raw:
             init = self.ev(raw["init"], path + ("init",), ctx)
-            if not isinstance(init, dict):
+            if not isinstance(init, dict) or not init:
                 self.fail("init must map param names to initialisers", path + ("init",), ctx,
                           expected="e.g. init: {weight: identity, bias: zeros}")
-            node.init = dict(init)
+            for pname, spec in init.items():
+                why = problem(pname)
+                if why:
+                    self.fail(f"init names parameter {quote(pname)}: {why}", path + ("init", pname), ctx, key=True)
+                try:
+                    node.init[pname] = parse_init(spec)
+                except InitError as e:
+                    self.fail(f"init of '{pname}': {e.message}", path + ("init", pname), ctx, expected=e.expected)
+            node.init_loc = self.loc(path + ("init",), key=True)
         self.bump(1, path, ctx)
         g.add(node)
         for slot, (src, port) in enumerate(ins):
@@ -264,7 +321,10 @@ class Expander:
                       expected=f"one of: {', '.join(blocks) or '(no blocks defined)'}",
                       hint=f"did you mean {', '.join(close)}?" if close else None)
         if ctx.depth >= MAX_BLOCK_DEPTH:
-            self.fail(f"blocks nest deeper than {MAX_BLOCK_DEPTH} (is block '{bname}' recursive?)", path, ctx)
+            recursive = any(fr.block == bname for fr in ctx.chain)
+            self.fail(f"blocks nest deeper than {MAX_BLOCK_DEPTH}" + (f": block '{bname}' instantiates itself"
+                      if recursive else ""), path, ctx, fatal=True,
+                      expected="a block that does not (directly or through others) contain itself")
         return bname, blocks[bname]
 
     def _args(self, bname: str, block, raw_args, path: tuple, ctx: Ctx, extra: dict) -> dict:
@@ -316,7 +376,8 @@ class Expander:
         n = self.ev(raw.get("repeat", 1), path + ("repeat",), ctx)
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_REPEAT:
             self.fail(f"repeat is {n!r}", path + ("repeat",), ctx, expected=f"an int from 0 to {MAX_REPEAT}")
-        self.bump(n * len(block.nodes), path, ctx)
+        if n > 1:  # bound the whole repeat before building any of it (single instances count as they go)
+            self.bump(n * self.min_size(bname, {**self.spec.params, **ctx.names}), path + ("repeat",), ctx, planned=True)
         binding = Binding(inputs, ["out"] * len(inputs))
         for i in range(n):
             args = self._args(bname, block, raw.get("args"), path, ctx, {"i": i})
@@ -385,29 +446,16 @@ class Expander:
         return Binding([(node.id, i) for i in range(len(node.out_names))], node.out_names)
 
 
-def _type_name(ann) -> str:
-    import typing
-    args = typing.get_args(ann)
-    if typing.get_origin(ann) is typing.Union:
-        return " | ".join(_type_name(a) for a in args if a is not type(None)) + (" | null" if type(None) in args else "")
-    if typing.get_origin(ann) is typing.Literal:
-        return " | ".join(repr(a) for a in args)
-    if args:
-        return str(ann).replace("typing.", "")
-    return getattr(ann, "__name__", str(ann))
-
-
 def expand(spec: LoadedSpec) -> dict[str, Graph]:
     ex = Expander(spec)
     m = spec.model
-    graphs = {"forward": ex.graph("forward", m.inputs, m.nodes, m.outputs, ())}
-    for gname, gs in m.graphs.items():
-        if gname in RESERVED_GRAPH_NAMES:
-            ex.errors.append(SpecError(f"graph name '{gname}' is reserved", spec.loc(("graphs", gname), key=True),
-                                       expected="a name other than forward (the main graph), model and weights "
-                                                "(artifact files)"))
-            continue
-        graphs[gname] = ex.graph(gname, gs.inputs, gs.nodes, gs.outputs, ("graphs", gname))
+    graphs = {}
+    try:
+        graphs["forward"] = ex.graph("forward", m.inputs, m.nodes, m.outputs, ())
+        for gname, gs in m.graphs.items():
+            graphs[gname] = ex.graph(gname, gs.inputs, gs.nodes, gs.outputs, ("graphs", gname))
+    except _Stop:
+        pass
     if ex.errors:
         raise ex.errors[0] if len(ex.errors) == 1 else SpecErrors(ex.errors)
     return graphs

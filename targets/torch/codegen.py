@@ -21,20 +21,21 @@ from nnspec.compiler.errors import LoweringError
 from nnspec.compiler.ir.graph import Graph, Node
 
 RESERVED = {"self", "torch", "nn", "F", "math"} | set(dir(builtins))
-INITIALISERS = {
+# How each initialiser of the vocabulary (nnspec.compiler.init) is written in torch; `{p}` is the
+# parameter, other fields are its arguments, always rendered as float literals.
+TORCH_INIT = {
     "zeros": "nn.init.zeros_({p})",
     "ones": "nn.init.ones_({p})",
     "identity": "nn.init.eye_({p}) if {p}.dim() == 2 else nn.init.dirac_({p})",
     "normal": "nn.init.normal_({p}, mean={mean}, std={std})",
     "uniform": "nn.init.uniform_({p}, a={a}, b={b})",
     "constant": "nn.init.constant_({p}, {value})",
-    "xavier_uniform": "nn.init.xavier_uniform_({p})",
-    "xavier_normal": "nn.init.xavier_normal_({p})",
+    "xavier_uniform": "nn.init.xavier_uniform_({p}, gain={gain})",
+    "xavier_normal": "nn.init.xavier_normal_({p}, gain={gain})",
     "kaiming_normal": "nn.init.kaiming_normal_({p}, mode='fan_out', nonlinearity='relu')",
     "kaiming_uniform": "nn.init.kaiming_uniform_({p}, a=math.sqrt(5))",
-    "orthogonal": "nn.init.orthogonal_({p})",
+    "orthogonal": "nn.init.orthogonal_({p}, gain={gain})",
 }
-INIT_DEFAULTS = {"mean": 0.0, "std": 1.0, "a": -1.0, "b": 1.0, "value": 0.0}
 
 
 def ident(name: str) -> str:
@@ -53,6 +54,39 @@ def camel(name: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in re.split(r"[_\W]+", name) if p) or "Block"
 
 
+# Names a generated class must never take: the file's imports, keywords, builtins (block `none`
+# would otherwise become `class None`), and the helpers ops add (`PositionalEncoding`, ...).
+def taken_class_names() -> set:
+    from nnspec.compiler.spec.names import helper_names
+    return RESERVED | set(keyword.kwlist) | set(helper_names())
+
+
+def class_ident(base: str, taken: set) -> str:
+    """`base` made a fresh class name: an identifier not in `taken` (`Block1x`, `F_2`)."""
+    name = base if base.isidentifier() and base.isascii() else "Block" + re.sub(r"\W", "", base)
+    stem, k = name, 2
+    while name in taken:
+        name, k = f"{stem}_{k}", k + 1
+    return name
+
+
+# -- free text into code: only ever as inert data --------------------------------------------------
+_DOC_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def docstring(text: str, indent: str = "") -> str:
+    """`text` as a triple-quoted string literal whose value is exactly `text`: backslashes and quotes
+    escaped, control and bidirectional-override characters written as escapes, lines indented."""
+    body = text.replace("\\", "\\\\").replace('"', '\\"')
+    body = _DOC_UNSAFE.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), body)
+    return '"""' + body.replace("\n", "\n" + indent) + '"""'
+
+
+def comment(text: str) -> str:
+    """`text` safe inside a `#` comment: one line, printable ASCII (everything else escaped)."""
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def _child_key(n: Node, depth: int) -> str:
     """Instance key (`layer1.0`, `enc`) of the child of the class at `depth` that holds node `n`."""
     levels = depth + (2 if n.scope[depth].kind == "list" else 1)
@@ -66,17 +100,10 @@ def class_name_for(spec: str, preset: str | None) -> str:
     return camel(preset) if preset.lower().startswith(spec.lower()) else camel(spec) + camel(preset)
 
 
-def init_line(target: str, spec) -> str:
-    if isinstance(spec, str):
-        name, kw = spec, {}
-    elif isinstance(spec, dict) and len(spec) == 1:
-        name, kw = next(iter(spec.items()))
-        kw = dict(kw or {})
-    else:
-        raise LoweringError(f"bad initialiser {spec!r}", expected=f"a name or {{name: {{args}}}}; names: {', '.join(INITIALISERS)}")
-    if name not in INITIALISERS:
-        raise LoweringError(f"unknown initialiser '{name}'", expected=f"one of: {', '.join(INITIALISERS)}")
-    return INITIALISERS[name].format(p=target, **{**INIT_DEFAULTS, **kw})
+def init_line(target: str, init) -> str:
+    """`nn.init...` call for a parsed initialiser (`nnspec.compiler.init.Init`) of `target`."""
+    args = {k: repr(float(v)) for k, v in init.args}  # numbers only, whatever the spec held
+    return TORCH_INIT[init.name].format(p=target, **args)
 
 
 @dataclass
@@ -97,28 +124,31 @@ class ClassDef:
     def body(self) -> str:
         return repr((self.doc, self.init_lines, [(m.name, m.args, m.lines, m.ret) for m in self.methods]))
 
+    @property
+    def doc_literal(self) -> str:
+        return docstring(self.doc, "    ")
+
 
 class Codegen:
     def __init__(self, program):
         self.program = program
         self.classes: list[ClassDef] = []
         self.by_body: dict[str, str] = {}
-        self.helpers: dict[str, str] = {}
-        self._loop_vars: set = set()  # snippet name -> code, from the ops' `torch_snippets`
+        self.helpers: dict[str, str] = {}  # snippet name -> code, from the ops' `torch_snippets`
+        self._loop_vars: set = set()
+        self.taken: set = taken_class_names()  # class names in use or never to be used
+        self.reserved_vars: set = RESERVED | set(self.taken)  # local names forward must not rebind
 
     # -- classes ------------------------------------------------------------------------------
     def add_class(self, base: str, cls: ClassDef) -> str:
         key = cls.body()
         if key in self.by_body:
             return self.by_body[key]
-        taken = {c.name for c in self.classes}
-        name, k = base, 2
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        cls.name = name
+        cls.name = class_ident(base, self.taken)
+        self.taken.add(cls.name)
         self.classes.append(cls)
-        self.by_body[key] = name
-        return name
+        self.by_body[key] = cls.name
+        return cls.name
 
     def unit(self, graphs: list[tuple[str, Graph, list, list]], depth: int, doc: str) -> tuple[list, list]:
         """Init lines and methods of one class holding the nodes at scope depth `depth`.
@@ -132,7 +162,7 @@ class Codegen:
         for mname, g, nodes, args in graphs:
             m = Method(mname, [a for _, a in args])
             names = {ref: a for ref, a in args}
-            used = set(m.args) | RESERVED
+            used = set(m.args) | self.reserved_vars
             groups: dict[str, list] = {}  # child instance key -> its nodes, in order
             for n in nodes:
                 if len(n.scope) > depth:
@@ -254,7 +284,7 @@ class Codegen:
             return
         attr = ident(n.local)
         ins = [names[ref] for ref in g.inputs_of(n.id)]
-        where = f"{Path(n.loc.file).name}:{n.loc.line}" if n.loc else ""
+        where = f"{self.spec_path(n.loc.file)}:{n.loc.line}" if n.loc else ""
         types = ", ".join(str(t) for t in n.outputs)
         if n.body is not None:  # a node with a body (scan) holds it as a submodule class
             init[attr] = f"self.{attr} = {self.body_class(n)}()"
@@ -267,14 +297,14 @@ class Codegen:
             code = code.with_temps({t: self.fresh(f"{n.local}_{t}", used) for t in code.temps})
         if code.init is not None:
             lines = [f"self.{attr} = {code.init}"]
-            for pname, spec in n.init.items():
-                lines.append(init_line(f"self.{attr}.{pname}", spec))
+            for pname, init_ in n.init.items():
+                lines.append(init_line(f"self.{attr}.{pname}", init_))
             init[attr] = lines
         self.helpers.update({h: n.opdef.torch_snippets[h] for h in code.helpers})
         m.lines.extend(code.stmts)
         outs = [(n.id, i) for i in range(len(n.outputs))]
         names_ = n.out_names if len(n.outputs) > 1 else ["out"]
-        self.bind(outs, names_, n.local, code.expr, m, names, used, f"{types}  {where}".strip())
+        self.bind(outs, names_, n.local, code.expr, m, names, used, comment(f"{types}  {where}".strip()))
 
     def body_class(self, n: Node) -> str:
         """The class of a node's body graph (a scan's cell): forward takes the body's inputs in
@@ -293,9 +323,13 @@ class Codegen:
         p = self.program
         spec = p.spec
         self._returns = {}
+        # The root's name first, so no block class can take it.
+        name = class_ident(class_name or class_name_for(spec.name, spec.preset), self.taken)
+        self.taken.add(name)
+        self.reserved_vars.add(name)
         entries = []
         for gname, g in p.graphs.items():
-            args = [((n.id, 0), ident(n.attrs.name)) for n in g.inputs()]
+            args = [((n.id, 0), n.attrs.name) for n in g.inputs()]  # validated names, kept as written
             self._returns[(id(g), gname)] = list(g.outputs.values())
             entries.append((gname, g, g.topo(), args))
         lines, methods = self.unit(entries, 0, "")
@@ -303,25 +337,46 @@ class Codegen:
             for pname, target in sorted(n.ties.items()):
                 tid, _, tp = target.rpartition(".")
                 lines.append(f"self.{modpath(n.id)}.{pname} = self.{modpath(tid)}.{tp}  # tied")
-        name = class_name or class_name_for(spec.name, spec.preset)
-        paper = spec.model.paper
         ins, outs = self._io_doc()
         root = ClassDef(name, f"{spec.name}: ({ins}) -> ({outs})", lines, methods)
         self.classes.append(root)
-        from nnspec.compiler import __version__
-        from nnspec.compiler.cost import param_count
         env = Environment(loader=FileSystemLoader(str(Path(__file__).parent)), undefined=StrictUndefined,
                           keep_trailing_newline=True, trim_blocks=False)
         text = env.get_template("model.py.j2").render(
-            title=f"{spec.name}: PyTorch module generated by nnspec.",
-            version=__version__, spec_file=Path(spec.file).name, preset=spec.preset,
-            overrides=", ".join(f"{k}={v}" for k, v in sorted(spec.overrides.items())),
-            params=param_count(p)[0],
-            paper=(f"{paper.title} ({', '.join(paper.authors)}, {paper.year}"
-                   + (f", arXiv:{paper.arxiv}" if paper.arxiv else "") + ")") if paper else "",
+            module_doc=docstring(self.module_doc()),
             helpers=[self.helpers[h].strip() for h in sorted(self.helpers)],
             classes=self.classes)
         return re.sub(r"\n{3,}(?=\S)", "\n\n\n", text).rstrip("\n") + "\n"
+
+    def module_doc(self) -> str:
+        """The file's docstring: what it was generated from. Spec text (file name, paper, overrides)
+        reaches the file only inside this string literal."""
+        from nnspec.compiler import __version__
+        from nnspec.compiler.cost import param_count
+
+        spec = self.program.spec
+        made = f"Generated by nnspec {__version__} from {Path(spec.file).name}"
+        if spec.preset:
+            made += f" (preset {spec.preset})"
+        if spec.overrides:
+            made += " with " + ", ".join(f"{k}={v!r}" for k, v in sorted(spec.overrides.items()))
+        lines = [f"{spec.name}: PyTorch module generated by nnspec.", "", made + ".",
+                 f"Standalone: needs only torch. Parameters: {param_count(self.program)[0]:,}. "
+                 "Do not edit; change the spec and recompile."]
+        paper = spec.model.paper
+        if paper:
+            lines += ["", f"Paper: {paper.title} ({', '.join(paper.authors)}, {paper.year}"
+                      + (f", arXiv:{paper.arxiv}" if paper.arxiv else "") + ")"]
+        return "\n".join(lines) + "\n"
+
+    def spec_path(self, file: str) -> str:
+        """A location's file relative to the main spec's folder (`resnet.yaml`, `blocks/resnet.yaml`),
+        so comments point into the right file and do not depend on the working directory."""
+        main = Path(self.program.spec.file).parent
+        try:
+            return Path(file).relative_to(main).as_posix()
+        except ValueError:
+            return Path(file).name
 
     def _io_doc(self) -> tuple[str, str]:
         g = self.program.forward

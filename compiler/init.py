@@ -1,0 +1,82 @@
+"""The initialiser vocabulary of `init:` (per-parameter initialisation), checked at load time.
+
+    init: {weight: identity, bias: zeros}
+    init: {weight: {normal: {std: 0.02}}}
+
+An initialiser is a name, or a one-entry mapping from a name to its arguments. Arguments are
+numbers (never text: they reach generated code only as numbers), from each initialiser's own list;
+missing ones take the defaults below. Targets render a parsed `Init`; nothing else about
+initialisers lives outside this module.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import quote
+
+# name -> (argument defaults, what it does)
+INITIALISERS: dict[str, tuple[dict, str]] = {
+    "zeros": ({}, "all zeros"),
+    "ones": ({}, "all ones"),
+    "identity": ({}, "the identity matrix (2-d), or a Dirac delta kernel (convolutions)"),
+    "normal": ({"mean": 0.0, "std": 1.0}, "N(mean, std^2)"),
+    "uniform": ({"a": -1.0, "b": 1.0}, "U(a, b)"),
+    "constant": ({"value": 0.0}, "every element equal to value"),
+    "xavier_uniform": ({"gain": 1.0}, "Glorot uniform"),
+    "xavier_normal": ({"gain": 1.0}, "Glorot normal"),
+    "kaiming_normal": ({}, "He normal, fan_out, for ReLU (torchvision's conv init)"),
+    "kaiming_uniform": ({}, "He uniform with a = sqrt(5) (torch's default for linear and conv weights)"),
+    "orthogonal": ({"gain": 1.0}, "a (semi-)orthogonal matrix"),
+}
+
+
+@dataclass(frozen=True)
+class Init:
+    """A parsed initialiser: its name and every argument (defaults filled in), as floats."""
+
+    name: str
+    args: tuple = ()  # ((arg, value), ...) in the vocabulary's order
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.args)
+
+
+class InitError(ValueError):
+    """A bad initialiser; `expected` says what would be accepted."""
+
+    def __init__(self, message: str, expected: str):
+        super().__init__(message)
+        self.message, self.expected = message, expected
+
+
+def parse_init(spec) -> Init:
+    """`zeros` or `{normal: {std: 0.02}}` -> Init; raises InitError naming what is wrong."""
+    names = ", ".join(INITIALISERS)
+    if isinstance(spec, str):
+        name, given = spec, {}
+    elif isinstance(spec, dict) and len(spec) == 1:
+        name, given = next(iter(spec.items()))
+        given = {} if given is None else given
+    else:
+        raise InitError(f"bad initialiser {quote(spec)}", f"a name or {{name: {{arg: number}}}}; names: {names}")
+    if not isinstance(name, str) or name not in INITIALISERS:
+        raise InitError(f"unknown initialiser {quote(name)}", f"one of: {names}")
+    defaults, _ = INITIALISERS[name]
+    if not isinstance(given, dict):
+        raise InitError(f"arguments of initialiser '{name}' are {quote(given)}",
+                        f"a mapping of {', '.join(defaults) or 'no arguments'}")
+    args = dict(defaults)
+    for k, v in given.items():
+        if k not in defaults:
+            raise InitError(f"initialiser '{name}' has no argument {quote(k)}",
+                            f"one of: {', '.join(defaults)}" if defaults else f"'{name}' takes no arguments")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InitError(f"argument '{k}' of initialiser '{name}' is {quote(v)}", "a finite number")
+        args[k] = float(v)
+    if name == "normal" and args["std"] < 0:
+        raise InitError(f"normal std={args['std']}", "std >= 0")
+    if name == "uniform" and args["a"] > args["b"]:
+        raise InitError(f"uniform a={args['a']} > b={args['b']}", "a <= b")
+    return Init(name, tuple(args.items()))
