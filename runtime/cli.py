@@ -91,25 +91,35 @@ def cmd_list(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from nnspec.compiler.spec.load import parse_overrides
+    """Check each spec: its default params and, unless --preset picks one, every preset too."""
     from nnspec.compiler import load
+    from nnspec.compiler.spec.load import load_spec, parse_overrides
     bad = 0
     for spec in args.spec:
         try:
-            program = load(spec, args.preset, parse_overrides(args.overrides))
-            msg = f"ok  {spec}: {len(list(program.all_nodes()))} nodes"
-            if args.target in ("trt", "trt-rtx"):
-                from nnspec.targets.tensorrt.lint import lint, render
-                issues = lint(program, target=args.target)
-                if issues:
-                    print(render(issues), file=sys.stderr)
-                    bad += 1
-                    continue
-                msg += f", all ops supported by {args.target}"
-            print(msg)
+            overrides = parse_overrides(args.overrides)
+            presets = [args.preset] if args.preset else [None] + list(load_spec(spec, None, overrides).model.presets)
         except NnspecError as e:
             print(e.render(), file=sys.stderr)
             bad += 1
+            continue
+        for preset in presets:
+            label = f"{spec} --preset {preset}" if preset else spec
+            try:
+                program = load(spec, preset, overrides)
+                msg = f"ok  {label}: {len(list(program.all_nodes()))} nodes"
+                if args.target in ("trt", "trt-rtx"):
+                    from nnspec.targets.tensorrt.lint import lint, render
+                    issues = lint(program, target=args.target)
+                    if issues:
+                        print(render(issues), file=sys.stderr)
+                        bad += 1
+                        continue
+                    msg += f", all ops supported by {args.target}"
+                print(msg)
+            except NnspecError as e:
+                print(e.render(), file=sys.stderr)
+                bad += 1
     return EXIT_SPEC if bad else EXIT_OK
 
 
@@ -252,7 +262,8 @@ def cmd_verify(args) -> int:
 
 def cmd_deploy(args) -> int:
     from nnspec.runtime.deploy import deploy_triton
-    path = deploy_triton(args.artifact, args.triton, model_name=args.name, max_batch_size=args.max_batch_size)
+    path = deploy_triton(args.artifact, args.triton, model_name=args.name, max_batch_size=args.max_batch_size,
+                         force=args.force)
     print(path)
     return EXIT_OK
 
@@ -290,8 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a spec to a target artifact directory")
     _spec_args(p)
     p.add_argument("--target", "-t", required=True, choices=["torch", "onnx", "trt", "trt-rtx"])
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="artifact directory (created)")
-    p.add_argument("--weights", metavar="W.safetensors", help="trained weights to embed (onnx, trt)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="artifact directory (created, or replaced as a whole if nnspec wrote it)")
+    p.add_argument("--weights", metavar="W.safetensors",
+                   help="trained weights (safetensors, checked against the spec) to embed or ship")
     p.add_argument("--seed", type=int, default=0, help="seed of initial weights when --weights is not given (default 0)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="TensorRT precision")
     p.add_argument("--workspace-mb", type=int, help="TensorRT workspace limit in MiB (default: TensorRT's own)")
@@ -337,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton", required=True, metavar="REPO_DIR")
     p.add_argument("--name", help="model name in the repository (default: the spec name)")
     p.add_argument("--max-batch-size", type=int, help="default: the batch dim's max from the spec (capped by an engine's profile)")
+    p.add_argument("--force", action="store_true", help="replace an existing, non-empty REPO_DIR/NAME as a whole")
     p.set_defaults(fn=cmd_deploy)
     return ap
 

@@ -12,10 +12,10 @@ N(0, 1), integer inputs uniform in their declared `range`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nnspec.compiler.errors import LoweringError
+from nnspec.targets.files import ArtifactError, inside, read_verified, verified_path
 from nnspec.targets.inputs import example_inputs, symbol_values  # noqa: F401  (re-exported)
 
 TARGETS = ("torch", "onnx", "trt", "trt-rtx")
@@ -38,11 +38,16 @@ class Runner:
     target = "?"
     input_names: list
     output_names: list
+    inputs_spec: list | None = None  # the manifest's inputs, for runners loaded from an artifact folder
 
     def run(self, inputs: dict) -> dict:
         raise NotImplementedError
 
     def _check(self, inputs: dict) -> None:
+        if self.inputs_spec is not None:  # names, dtypes, ranks and shapes, before any backend sees them
+            from .artifacts import check_inputs
+            check_inputs(self.inputs_spec, inputs)
+            return
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise LoweringError(f"{self.target} runner: missing input(s) {', '.join(missing)}",
@@ -76,6 +81,10 @@ def _contig(x):
     return np.ascontiguousarray(x)
 
 
+def _ort_failure(e: Exception) -> bool:
+    return type(e).__module__.startswith("onnxruntime")
+
+
 class OrtRunner(Runner):
     """An onnxruntime CPU session (one intra-op thread unless told otherwise)."""
 
@@ -91,7 +100,17 @@ class OrtRunner(Runner):
     def run(self, inputs: dict) -> dict:
         self._check(inputs)
         feed = {n: _contig(_numpy(inputs[n])) for n in self.input_names}
-        return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        try:
+            return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        except Exception as e:
+            if not _ort_failure(e):
+                raise
+            raise ArtifactError(f"onnxruntime failed to run the model: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:500] if text else type(e).__name__
 
 
 class TensorRTRunner(Runner):
@@ -110,7 +129,7 @@ class TensorRTRunner(Runner):
 
 
 def _io_names(manifest: dict, key: str) -> list:
-    return [d["name"] if isinstance(d, dict) else d for d in manifest.get(key, [])]
+    return [d["name"] for d in manifest[key]]
 
 
 def load_runner(artifact_dir, target: str | None = None, threads: int = 1, seed: int | None = None) -> Runner:
@@ -118,31 +137,96 @@ def load_runner(artifact_dir, target: str | None = None, threads: int = 1, seed:
 
     torch: model.py (+ weights.safetensors, else the module's initialisation from the manifest's seed);
     onnx: model.onnx; trt / trt-rtx: model.engine, after checking it was built for this machine.
+    The manifest is checked field by field, and only files it lists whose sha256 matches are loaded.
     """
+    from .artifacts import load_manifest
+
     d = Path(artifact_dir)
-    if not d.is_dir():
-        raise LoweringError(f"no artifact folder '{artifact_dir}'", expected="a folder written by `nnspec compile`")
-    mp = d / "manifest.json"
-    manifest = json.loads(mp.read_text()) if mp.is_file() else {}
-    target = target or manifest.get("target") or _guess_target(d)
+    manifest = load_manifest(d)
+    target = target or manifest["target"]
     if target not in TARGETS:
         raise LoweringError(f"unknown target '{target}'", expected=f"one of: {', '.join(TARGETS)}")
     if target == "torch":
-        return _torch_from_folder(d, manifest, seed)
-    if target == "onnx":
-        if not (d / "model.onnx").is_file():
-            raise LoweringError(f"'{d}' has no model.onnx", expected="an artifact compiled with --target onnx, trt or trt-rtx")
-        return OrtRunner(d / "model.onnx", threads=threads)
-    if not (d / "model.engine").is_file():
-        raise LoweringError(f"'{d}' has no model.engine", expected="an artifact compiled with --target trt or trt-rtx")
-    return TensorRTRunner(d, manifest)
+        runner = _torch_from_folder(d, manifest, seed)
+    elif target == "onnx":
+        runner = _ort_from_folder(d, manifest, threads)
+    else:
+        engine = (manifest.get("tensorrt") or {}).get("engine") or "model.engine"
+        if engine not in manifest["files"]:
+            raise ArtifactError(f"'{d}' has no {engine}", expected="an artifact compiled with --target trt or trt-rtx",
+                                hint="run its ONNX model with --target onnx" if "model.onnx" in manifest["files"] else None)
+        runner = TensorRTRunner(d, manifest)
+    _agree(runner, manifest, target)
+    runner.inputs_spec = manifest["inputs"]
+    return runner
 
 
-def _guess_target(d: Path) -> str:
-    for f, t in (("model.engine", "trt"), ("model.onnx", "onnx"), ("model.py", "torch")):
-        if (d / f).is_file():
-            return t
-    raise LoweringError(f"'{d}' holds no model file", expected="model.py, model.onnx or model.engine")
+def _agree(runner: Runner, manifest: dict, target: str) -> None:
+    """The model's own input/output names must be the manifest's: the manifest is not covered by
+    any sha256, so an edited one must not make the runner feed or read the wrong tensors."""
+    ins, outs = _io_names(manifest, "inputs"), _io_names(manifest, "outputs")
+    if list(runner.input_names) != ins or (target != "torch" and list(runner.output_names) != outs):
+        have = f"({', '.join(runner.input_names)}) -> ({', '.join(runner.output_names)})"
+        raise ArtifactError(f"the {target} model takes {have}, but manifest.json lists ({', '.join(ins)}) -> "
+                            f"({', '.join(outs)})", hint="the manifest was edited; recompile the artifact")
+
+
+def _ort_from_folder(d: Path, manifest: dict, threads: int) -> Runner:
+    fname = (manifest.get("onnx") or {}).get("file") or "model.onnx"
+    if fname not in manifest["files"]:
+        raise ArtifactError(f"'{d}' has no {fname}", expected="an artifact compiled with --target onnx, trt or trt-rtx")
+    blob = read_verified(d, manifest, fname)
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(blob)
+    except Exception as e:  # protobuf DecodeError and friends: the file is not an ONNX model
+        raise ArtifactError(f"{fname} is not a readable ONNX model: {_first_line(e)}") from None
+    data = sorted(_external_locations(model))
+    for loc in data:  # onnxruntime reads these itself: each must be a listed file whose sha256 matches
+        verified_path(d, manifest, loc)
+    try:
+        # Without external data the checked bytes themselves are loaded (nothing can change in between).
+        return OrtRunner(blob if not data else inside(d, fname), threads=threads)
+    except Exception as e:
+        if not _ort_failure(e):
+            raise
+        raise ArtifactError(f"onnxruntime cannot load {fname}: {_first_line(e)}",
+                            hint="recompile the artifact with `nnspec compile`") from None
+
+
+def _external_locations(model) -> set:
+    """File names every tensor with external data refers to (initializers, attributes, subgraphs)."""
+    found = set()
+
+    def tensor(t):
+        if t.data_location == 1:  # TensorProto.EXTERNAL
+            found.update(e.value for e in t.external_data if e.key == "location")
+
+    def graph(g):
+        for t in g.initializer:
+            tensor(t)
+        for sp in g.sparse_initializer:
+            tensor(sp.values)
+            tensor(sp.indices)
+        for n in g.node:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    tensor(a.t)
+                for t in a.tensors:
+                    tensor(t)
+                if a.HasField("g"):
+                    graph(a.g)
+                for sub in a.graphs:
+                    graph(sub)
+
+    graph(model.graph)
+    for f in model.functions:
+        for n in f.node:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    tensor(a.t)
+    return found
 
 
 def _torch_from_folder(d: Path, manifest: dict, seed: int | None) -> Runner:
@@ -152,33 +236,55 @@ def _torch_from_folder(d: Path, manifest: dict, seed: int | None) -> Runner:
 
     from nnspec.targets.torch.build import load_source
 
-    src_file = d / (manifest.get("torch", {}).get("file") or "model.py")
-    if not src_file.is_file():
-        raise LoweringError(f"'{d}' has no {src_file.name}", expected="an artifact compiled with --target torch")
-    src = src_file.read_text()
-    mod = load_source(src, f"nnspec_artifact_{hashlib.sha256(src.encode()).hexdigest()[:12]}")
-    cls = manifest.get("torch", {}).get("class") or _last_class(src)
+    t = manifest.get("torch")
+    if t is None:
+        raise ArtifactError(f"'{d}' holds no torch model (manifest.json has no 'torch' section)",
+                            expected="an artifact compiled with --target torch")
+    # model.py is Python code and is executed below. It runs only after its bytes matched the sha256
+    # manifest.json records for it (the manifest documents what was compiled): a corrupt, partly edited
+    # or swapped file is refused. That guards the artifact's integrity, not against its author: an
+    # artifact is code from whoever wrote it, so run the ones you trust.
+    raw = read_verified(d, manifest, t["file"])
+    try:
+        src = raw.decode("utf-8")
+        mod = load_source(src, f"nnspec_artifact_{hashlib.sha256(raw).hexdigest()[:12]}")
+    except (UnicodeDecodeError, SyntaxError) as e:
+        raise ArtifactError(f"{t['file']} is not valid Python: {_first_line(e)}") from None
+    cls = getattr(mod, t["class"], None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ArtifactError(f"{t['file']} defines no nn.Module class '{t['class']}' (manifest.json's torch.class)")
     if seed is None:
         seed = (manifest.get("weights") or {}).get("seed") or 0
     torch.manual_seed(seed)  # same initialisation as build_module(program, seed)
-    module = getattr(mod, cls)()
-    wfile = d / "weights.safetensors"
-    if wfile.is_file():
-        from safetensors.torch import load_file
-        module.load_state_dict(load_file(str(wfile)), strict=True)
-    ins, outs = _io_names(manifest, "inputs"), _io_names(manifest, "outputs")
-    if not ins:
-        import inspect
-        ins = [p for p in inspect.signature(module.forward).parameters]
-    return TorchRunner(module, ins, outs or ["output"])
+    module = cls()
+    if "weights.safetensors" in manifest["files"]:
+        _load_checked_weights(module, verified_path(d, manifest, "weights.safetensors"))
+    import inspect
+
+    params = list(inspect.signature(module.forward).parameters)
+    return TorchRunner(module, params, _io_names(manifest, "outputs"))
 
 
-def _last_class(src: str) -> str:
-    import re
-    names = re.findall(r"^class (\w+)\(nn\.Module\)", src, re.M)
-    if not names:
-        raise LoweringError("model.py defines no nn.Module class")
-    return names[-1]
+def _load_checked_weights(module, path: Path) -> None:
+    """Load a weights file into `module` through the compile-time checks (no pickle; every missing,
+    unexpected, mis-shaped or mis-typed entry listed), against the module's own state dict."""
+    import torch
+
+    from nnspec.targets.weights import check_state, load_weights
+
+    state = module.state_dict()
+    expected = {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in state.items()}
+    owners, tied = {}, {}
+    for k, v in state.items():  # keys sharing storage with an earlier key are tied to it (optional)
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in owners and ptr != 0:
+            tied[k] = owners[ptr]
+        owners.setdefault(ptr, k)
+    arrays = load_weights(path)
+    check_state(expected, arrays, tied, f"weights in '{path.name}'")
+    for k, owner in tied.items():
+        arrays.setdefault(k, arrays[owner])
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, strict=True)
 
 
 # -- runners from a Program in memory ----------------------------------------------------------
@@ -224,7 +330,8 @@ def runner_for(program, target: str, module=None, seed: int = 0, threads: int = 
         out = Path(work_dir or tempfile.mkdtemp(prefix="nnspec-trt-"))
         write_model(to_onnx_model(program, module_weights(module), seed, for_trt=True), out / "model.onnx")
         info = build_engine(out / "model.onnx", out, program=program, precision=precision, backend=backend, dims=dims)
-        return TensorRTRunner(out, {"tensorrt": info, "target": target, "spec_file": program.spec.file})
+        return TensorRTRunner(out, {"tensorrt": info, "target": target, "spec_file": program.spec.file,
+                                    "files": {info["engine"]: info["engine_sha256"]}})
     raise LoweringError(f"unknown target '{target}'", expected=f"one of: {', '.join(TARGETS)}")
 
 

@@ -52,7 +52,7 @@ def test_generate_inputs_follow_the_spec():
     p = c.load(str(SPECS / "scatter_sum.yaml"))
     x = generate_inputs(p, {"N": 5, "E": 300}, seed=3)
     assert x["nodes"].shape == (5, 4) and x["msg"].dtype == np.float32
-    assert x["edge_dst"].dtype == np.int64 and x["edge_dst"].min() == 0 and x["edge_dst"].max() == 3  # range [0, 4)
+    assert x["edge_dst"].dtype == np.int64 and x["edge_dst"].min() == 0 and x["edge_dst"].max() == 4  # range [0, N) at N=5
     assert abs(float(x["msg"].std()) - 1.0) < 0.1
     y = generate_inputs(p, {"N": 5, "E": 300}, seed=3)
     assert all(np.array_equal(x[k], y[k]) for k in x)

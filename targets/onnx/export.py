@@ -1,6 +1,7 @@
 """The ONNX target's entry points: `to_onnx_model` (in memory) and `compile_onnx` (artifacts on disk).
 
-Weights come from a dict keyed by torch state-dict names, a safetensors file, or (neither given)
+Weights come from a dict keyed by torch state-dict names, a safetensors file (read without pickle and
+checked against the spec by `targets/weights.py`), or (neither given)
 the generated torch module built from `seed`, whose weights are then written beside the model so
 every artifact can be reproduced. Files are written atomically (temp file + os.replace) and are
 byte-identical for the same program and options. Models whose tensors exceed `external_threshold`
@@ -15,6 +16,7 @@ from pathlib import Path
 from nnspec.compiler.errors import LoweringError
 
 from ..files import atomic_write
+from ..weights import check_weights, load_weights, save_weights  # noqa: F401  (load_weights: part of this API)
 from .lower import check, lower_entry
 
 PROTOBUF_LIMIT = 2 * 1024 ** 3
@@ -26,19 +28,6 @@ def torch_weights(program, seed: int = 0) -> dict:
 
     m = build_module(program, seed)
     return {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
-
-
-def load_weights(path) -> dict:
-    """{state-dict key: numpy array} from a safetensors file (LoweringError when unreadable)."""
-    from safetensors.numpy import load_file
-
-    if not Path(path).is_file():
-        raise LoweringError(f"weights file '{path}' does not exist", expected="a .safetensors file")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise LoweringError(f"cannot read weights file '{path}': {e}",
-                            expected="a .safetensors file keyed by state-dict names") from None
 
 
 def to_onnx_model(program, weights: dict | None = None, seed: int = 0, for_trt: bool = False,
@@ -69,18 +58,23 @@ def model_file(gname: str) -> str:
 
 
 def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bool = False,
-                 external_threshold: int = PROTOBUF_LIMIT) -> dict:
+                 external_threshold: int = PROTOBUF_LIMIT, weights: dict | None = None) -> dict:
     """Write `model.onnx` (+ `<graph>.onnx` per extra entry graph) into `out_dir`.
 
     Returns {role: path} of every file written, all plain strings: "model" (model.onnx), one key per
     extra entry graph (its name, e.g. "decode_step"), "<key>_data" for external data, and "weights"
     when no `weights_path` was given (the torch module's weights from `seed`, written to
-    weights.safetensors so the artifact can be reproduced).
+    weights.safetensors so the artifact can be reproduced). A weights file is checked against the spec
+    first (every missing, unexpected, mis-shaped or mis-typed entry: LoweringError); `weights` passes
+    arrays already loaded and checked that way (compile_artifacts) instead of a path.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if weights_path is not None:
+    if weights is not None:
+        wfile = None
+    elif weights_path is not None:
         weights = load_weights(weights_path)
+        check_weights(program, weights, f"weights in '{weights_path}'")
         wfile = None
     else:
         weights = torch_weights(program, seed)
@@ -141,11 +135,7 @@ def write_model(model, path, external: bool = False) -> str | None:
 
 
 def _write_safetensors(weights: dict, path: Path) -> None:
-    import numpy as np
-    from safetensors.numpy import save
-
-    data = save({k: np.ascontiguousarray(v) for k, v in sorted(weights.items())}, metadata={"format": "nnspec"})
-    atomic_write(path, data)
+    atomic_write(path, save_weights(weights))
 
 
 def _tensor_bytes(model) -> int:

@@ -68,23 +68,30 @@ def check_compatible(manifest: dict, artifact_dir, p=None) -> str:
 
 
 def load_engine(artifact_dir, manifest: dict | None = None):
-    """(TensorRT module, ICudaEngine) of `artifact_dir/model.engine`, after the compatibility check."""
-    import json
+    """(TensorRT module, ICudaEngine) of `artifact_dir/model.engine`, after the compatibility check.
+
+    The engine file is the one manifest.json names: a plain file name it lists, whose bytes match the
+    sha256 it records (TensorRT deserialises whatever it is given)."""
+    from ..files import ArtifactError, plain_name, read_manifest_json, read_verified
 
     artifact_dir = Path(artifact_dir)
     if manifest is None:
-        mp = artifact_dir / "manifest.json"
-        manifest = json.loads(mp.read_text()) if mp.is_file() else {}
+        manifest = read_manifest_json(artifact_dir)
+    info = manifest.get("tensorrt")
+    if not isinstance(info, dict):
+        raise ArtifactError(f"'{artifact_dir}' holds no TensorRT engine (manifest.json has no 'tensorrt' section)",
+                            expected="an artifact compiled with --target trt or trt-rtx")
+    engine_name = plain_name(info.get("engine") or "model.engine", "tensorrt.engine")
     backend = check_compatible(manifest, artifact_dir)
+    data = read_verified(artifact_dir, manifest, engine_name)
     trt = backends.module(backend)
     from .build import _Log
     log = _Log(trt)
     runtime = trt.Runtime(log)
-    engine_file = artifact_dir / (manifest.get("tensorrt") or {}).get("engine", "model.engine")
-    engine = runtime.deserialize_cuda_engine(engine_file.read_bytes())
+    engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         why = log.messages[-1] if log.messages else "TensorRT could not deserialize it"
-        raise EngineMismatch(f"{engine_file.name} does not load here: {why}",
+        raise EngineMismatch(f"{engine_name} does not load here: {why}",
                              hint=f"rebuild with: {rebuild_command(manifest, artifact_dir)}")
     return trt, engine
 
