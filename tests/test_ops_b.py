@@ -248,17 +248,17 @@ nodes: {g: {op: gather, in: [x, idx], axis: 2}}
 outputs: {y: g}
 """, lambda m, x: {"y": torch.gather(x["x"], 2, x["idx"])}),
     ("index_select", """
-inputs: {h: {shape: [V, 6]}, src: {shape: [E], dtype: int64, range: [0, 4]}}
+inputs: {h: {shape: [V, 6]}, src: {shape: [E], dtype: int64, range: [0, V]}}
 nodes: {sel: {op: index_select, in: [h, src], axis: 0}}
 outputs: {y: sel}
 """, lambda m, x: {"y": torch.index_select(x["h"], 0, x["src"])}),
     ("scatter_add", """
-inputs: {h: {shape: [V, 6]}, dst: {shape: [E], dtype: int64, range: [0, 4]}, msg: {shape: [E, 6]}}
+inputs: {h: {shape: [V, 6]}, dst: {shape: [E], dtype: int64, range: [0, V]}, msg: {shape: [E, 6]}}
 nodes: {agg: {op: scatter_add, in: [h, dst, msg]}}
 outputs: {y: agg}
 """, lambda m, x: {"y": torch.index_add(x["h"], 0, x["dst"], x["msg"])}),
     ("scatter_add_axis1", """
-inputs: {h: {shape: [N, V, 3]}, dst: {shape: [E], dtype: int64, range: [0, 4]}, msg: {shape: [N, E, 3]}}
+inputs: {h: {shape: [N, V, 3]}, dst: {shape: [E], dtype: int64, range: [0, V]}, msg: {shape: [N, E, 3]}}
 nodes: {agg: {op: scatter_add, in: [h, dst, msg], axis: 1}}
 outputs: {y: agg}
 """, lambda m, x: {"y": torch.index_add(x["h"], 1, x["dst"], x["msg"])}),

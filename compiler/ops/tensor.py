@@ -306,9 +306,10 @@ class Split(Op):
         (x,) = ins
         ax = _axis(a.axis, x.rank)
         expect(len(a.sizes) >= 1 and all(s > 0 for s in a.sizes), f"split sizes {a.sizes}", "positive sizes")
-        if isinstance(x.shape[ax], int):
-            expect(sum(a.sizes) == x.shape[ax], f"split sizes {a.sizes} sum to {sum(a.sizes)}, "
-                   f"not the size {x.shape[ax]} of axis {a.axis}", f"sizes summing to {x.shape[ax]}")
+        expect(isinstance(x.shape[ax], int), f"split of axis {a.axis}, whose size {x.shape[ax]} is symbolic",
+               "a split along an axis of concrete size (fixed sizes would pin the symbolic one)")
+        expect(sum(a.sizes) == x.shape[ax], f"split sizes {a.sizes} sum to {sum(a.sizes)}, "
+               f"not the size {x.shape[ax]} of axis {a.axis}", f"sizes summing to {x.shape[ax]}")
         return [x.with_shape(x.shape[:ax] + (s,) + x.shape[ax + 1:]) for s in a.sizes]
 
     def to_torch(self, a, ins, m, node):

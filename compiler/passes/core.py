@@ -24,6 +24,9 @@ class OpBug(NnspecError):
 
 def _infer_graph(g: Graph, errors: list) -> None:
     failed: set = set()
+    # Instances of a repeated block see the same attributes and input types over and over: infer
+    # each combination once. (infer and params depend on nothing else; scan is not memoised.)
+    memo: dict = {}
     for n in g.topo():
         if len(errors) >= MAX_COLLECTED_ERRORS:
             return
@@ -31,7 +34,7 @@ def _infer_graph(g: Graph, errors: list) -> None:
             if not n.outputs:  # scan body inputs are typed by their scan
                 failed.add(n.id)
             else:
-                _check_sizes(n)
+                _check_sizes(n.outputs, {})
             continue
         srcs = g.inputs_of(n.id)
         if any(s in failed for s, _ in srcs):
@@ -42,14 +45,24 @@ def _infer_graph(g: Graph, errors: list) -> None:
         try:
             if hasattr(op, "infer_node"):
                 n.outputs = op.infer_node(n, ins, lambda body: _infer_body(body, errors))
+                n.params = op.params(n.attrs, ins)
             else:
-                n.outputs = list(op.infer(n.attrs, ins))
-            n.params = op.params(n.attrs, ins)
+                key = _memo_key(n, ins)
+                hit = memo.get(key) if key is not None else None
+                if hit is None:
+                    hit = list(op.infer(n.attrs, ins)), op.params(n.attrs, ins)
+                    _check_sizes(hit[0], hit[1])
+                    if key is not None:
+                        memo[key] = hit
+                n.outputs = list(hit[0])
+                n.params = dict(hit[1])  # ParamSpecs are immutable: shared between equal nodes
             if not n.out_names or len(n.out_names) != len(n.outputs):
-                n.out_names = op.outputs(n.attrs) if len(op.outputs(n.attrs)) == len(n.outputs) else \
-                    [f"out{i}" for i in range(len(n.outputs))]
-            _check_sizes(n)
-            _check_init(n)
+                names = op.outputs(n.attrs)
+                n.out_names = names if len(names) == len(n.outputs) else [f"out{i}" for i in range(len(n.outputs))]
+            if n.body is not None:
+                _check_sizes(n.outputs, n.params)
+            if n.init:
+                _check_init(n)
         except ShapeError as e:
             ins_txt = ", ".join(f"{s}: {t}" for (s, _), t in zip(srcs, ins))
             errors.append(ShapeError(f"{n.op} '{n.id}': {e.message}", e.loc or n.loc, expected=e.expected,
@@ -67,9 +80,18 @@ def _infer_graph(g: Graph, errors: list) -> None:
             failed.add(n.id)
 
 
-def _check_sizes(n) -> None:
+def _memo_key(n, ins):
+    try:
+        key = (n.op, n.attrs, tuple(ins))
+        hash(key)
+        return key
+    except TypeError:  # attributes holding lists are not hashable: infer them afresh
+        return None
+
+
+def _check_sizes(outputs: list, params: dict) -> None:
     """Concrete dims, per-tensor element counts and parameter shapes stay within compiler/limits.py."""
-    for t in n.outputs:
+    for t in outputs:
         numel = 1
         for d in t.shape:
             if isinstance(d, int):
@@ -78,7 +100,7 @@ def _check_sizes(n) -> None:
                 numel *= d
         if numel > MAX_TENSOR_ELEMENTS:
             raise ShapeError(f"{t} has {numel:,} elements", expected=f"at most {MAX_TENSOR_ELEMENTS:,} per tensor")
-    for pname, p in n.params.items():
+    for pname, p in params.items():
         if any(not isinstance(d, int) or not 0 <= d <= MAX_DIM for d in p.shape) or p.numel() > MAX_TENSOR_ELEMENTS:
             raise ShapeError(f"parameter '{pname}' has shape {list(p.shape)}",
                              expected=f"concrete dims up to {MAX_DIM:,} and at most {MAX_TENSOR_ELEMENTS:,} elements")
@@ -109,8 +131,11 @@ def _check_index_ranges(g: Graph) -> None:
             if isinstance(hi, str) and isinstance(size, int):  # [0, V]: V may grow to its declared max
                 hi_max = (g.symbols.get(hi) or {}).get("max")
                 too_wide = hi_max is None or hi_max > size
+            elif isinstance(size, str):  # a symbolic size: [0, V] into V, or a number below V's min
+                too_wide = hi != size and not (isinstance(hi, (int, float)) and
+                                               hi <= (g.symbols.get(size) or {}).get("min", 1))
             else:
-                too_wide = isinstance(hi, (int, float)) and isinstance(size, int) and hi > size
+                too_wide = hi > size
             if too_wide or (isinstance(lo, (int, float)) and lo < 0):
                 raise SpecError(f"input '{n.id}' has range [{lo}, {hi}) but indexes {user.op} '{user.id}', which has "
                                 f"{size} entries", n.loc, expected=f"a range inside [0, {size}), e.g. range: [0, {size}]")

@@ -74,10 +74,16 @@ class Expander:
         self.spec = spec
         self.errors: list[NnspecError] = []
         self.count = 0
+        self._locs: dict = {}
+
 
     # -- helpers ------------------------------------------------------------------------------
     def loc(self, path: tuple, key: bool = False) -> Location | None:
-        return self.spec.loc(path, key)
+        # Every instance of a repeated block asks for the same places: look each up once.
+        k = (path, key)
+        if k not in self._locs:
+            self._locs[k] = self.spec.loc(path, key)
+        return self._locs[k]
 
     def fail(self, msg: str, path: tuple, ctx: Ctx | None, key: bool = False, fatal: bool = False, **kw) -> None:
         err = SpecError(msg, self.loc(path, key), chain=list(ctx.chain) if ctx else [], **kw)
@@ -93,7 +99,8 @@ class Expander:
             self.fail(str(e), path, ctx)
 
     def resolve(self, ref, path: tuple, ctx: Ctx):
-        ref = self.ev(ref, path, ctx)
+        if not (type(ref) is str and "${" not in ref):  # most references are plain names
+            ref = self.ev(ref, path, ctx)
         if not isinstance(ref, str):
             self.fail(f"input reference must be a name, got {ref!r}", path, ctx, expected="a node or input name")
         name, _, sub = ref.partition(".")
@@ -234,7 +241,8 @@ class Expander:
         for k, v in raw.items():
             if k in COMMON_NODE_KEYS:
                 continue
-            attrs[k] = self.ev(v, path + (k,), ctx)
+            # Numbers, bools and plain strings are what they say; only text with ${ or containers vary.
+            attrs[k] = self.ev(v, path + (k,), ctx) if type(v) in (str, list, dict) else v
         try:
             model = op.Attrs(**attrs)
         except ValidationError as e:
@@ -262,7 +270,7 @@ class Expander:
             self.fail(f"op '{opname}' takes {want} input{'s' if hi != 1 else ''}, got {len(ins)}",
                       path + ("in",) if "in" in raw else path, ctx, key="in" not in raw, expected=f"in: with {want} names")
         node = Node(ctx.prefix + local, opname, attrs=model, loc=self.loc(path, key=True),
-                    chain=list(ctx.chain), scope=ctx.scope, out_names=op.outputs(model))
+                    chain=ctx.chain, scope=ctx.scope, out_names=op.outputs(model))  # chain: shared, never mutated
         if "tie" in raw:
             tie = self.ev(raw["tie"], path + ("tie",), ctx)
             if not isinstance(tie, dict) or not tie:
