@@ -383,5 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         return 70
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `nnspec` command. One command is a short-lived process that builds large, long-lived
+    object graphs (a 100k-node spec is millions of objects): the cyclic garbage collector would
+    walk them all, once or more, for nothing it could free before the process exits."""
+    import gc
+    gc.disable()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

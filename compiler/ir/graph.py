@@ -61,7 +61,7 @@ class ParamSpec:
         return n
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     id: str
     op: str
@@ -88,8 +88,22 @@ class Node:
 
     @property
     def opdef(self):
-        from ..ops import get_op
-        return get_op(self.op)
+        ops = _OPS or _load_ops()
+        op = ops.get(self.op)
+        if op is None:
+            from ..ops import get_op
+            return get_op(self.op)  # raises the unknown-op error
+        return op
+
+
+_OPS: dict = {}
+
+
+def _load_ops() -> dict:
+    # The op registry, imported on first use (compiler.ops imports this module for ParamSpec).
+    from ..ops import registry
+    _OPS.update(registry())
+    return _OPS
 
 
 class Graph:
@@ -108,6 +122,7 @@ class Graph:
         self._nodes: list[Node] | None = None
         self._topo: list[Node] | None = None
         self._ins: dict[str, list] = {}  # node id -> [(slot, producer, port)] sorted by slot
+        self._ordered = True  # every edge runs from a lower to a higher insertion index
 
     def _changed(self, *node_ids: str) -> None:
         self._topo = None
@@ -128,6 +143,8 @@ class Graph:
     def connect(self, src: str, port: int, dst: str, slot: int) -> None:
         self._g.add_edge(src, dst, key=slot, slot=slot, port=port)
         self._topo = None
+        if self._ordered and self._by_id[src].index >= self._by_id[dst].index:
+            self._ordered = False
         edges = self._ins.get(dst)
         if edges is not None:
             if not edges or edges[-1][0] < slot:
@@ -187,10 +204,8 @@ class Graph:
     def topo(self) -> list[Node]:
         """Nodes in topological order, ties broken by insertion order (deterministic)."""
         if self._topo is None:
-            nodes = self.nodes()
-            index = {n.id: n.index for n in nodes}
-            if all(index[src] < n.index for n in nodes for _, src, _ in self.in_edges(n.id)):
-                self._topo = nodes  # built in order, as expand does: insertion order is topological
+            if self._ordered:
+                self._topo = self.nodes()  # built in order, as expand does: insertion order is topological
             else:
                 order = nx.lexicographical_topological_sort(self._g, key=lambda nid: self.node(nid).index)
                 self._topo = [self.node(n) for n in order]
@@ -234,6 +249,7 @@ class Graph:
         for n in new_nodes:
             self.add(n)
             n.index = min(self.node(o).index for o in old_ids) if old_ids else n.index
+        self._ordered = False  # the new nodes took the old ones' place in the order: sort again
         for nid, srcs in wiring.items():
             self.set_inputs(nid, srcs)
         for old, new in outputs.items():

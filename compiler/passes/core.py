@@ -48,12 +48,10 @@ def _infer_graph(g: Graph, errors: list) -> None:
                 n.params = op.params(n.attrs, ins)
             else:
                 key = _memo_key(n, ins)
-                hit = memo.get(key) if key is not None else None
+                hit = memo.get(key)
                 if hit is None:
-                    hit = list(op.infer(n.attrs, ins)), op.params(n.attrs, ins)
+                    hit = memo[key] = list(op.infer(n.attrs, ins)), op.params(n.attrs, ins)
                     _check_sizes(hit[0], hit[1])
-                    if key is not None:
-                        memo[key] = hit
                 n.outputs = list(hit[0])
                 n.params = dict(hit[1])  # ParamSpecs are immutable: shared between equal nodes
             if not n.out_names or len(n.out_names) != len(n.outputs):
@@ -81,12 +79,9 @@ def _infer_graph(g: Graph, errors: list) -> None:
 
 
 def _memo_key(n, ins):
-    try:
-        key = (n.op, n.attrs, tuple(ins))
-        hash(key)
-        return key
-    except TypeError:  # attributes holding lists are not hashable: infer them afresh
-        return None
+    # By the attribute object's identity: stamped block instances share theirs (passes/templates.py),
+    # and every Attrs object lives as long as the program, so an id is never reused meanwhile.
+    return (n.op, id(n.attrs), tuple(ins))
 
 
 def _check_sizes(outputs: list, params: dict) -> None:
@@ -152,7 +147,7 @@ def _infer_body(body: Graph, errors: list) -> None:
         raise _BodyFailed("its body has errors (reported above)")
 
 
-@register_pass("infer_shapes", requires=("expand",))
+@register_pass("infer_shapes", requires=("expand",), changes=("types", "params"))
 def infer_shapes(program: Program, ctx) -> dict:
     """Infer every node's output types and parameter shapes, in topological order.
 
@@ -176,7 +171,7 @@ def infer_shapes(program: Program, ctx) -> dict:
     return {}
 
 
-@register_pass("resolve_ties", requires=("infer_shapes",))
+@register_pass("resolve_ties", requires=("infer_shapes",), changes=("params",))
 def resolve_ties(program: Program, ctx) -> dict:
     """Resolve `tie: {param: node.param}` and `share: node` to the owning parameter.
 
@@ -236,13 +231,15 @@ def _dce(g: Graph, keep: set) -> list:
         if nid in live:
             continue
         live.add(nid)
-        stack.extend(s for s, _ in g.inputs_of(nid))
+        stack.extend(src for _, src, _ in g.in_edges(nid))
     removed = []
-    for n in reversed(g.topo()):
-        if n.id not in live:
-            g.remove(n.id)
-            removed.append(n.id)
-        elif n.body is not None:
+    if len(live) < len(g):
+        for n in reversed(g.topo()):
+            if n.id not in live:
+                g.remove(n.id)
+                removed.append(n.id)
+    for n in g.nodes():
+        if n.body is not None:
             removed += _dce(n.body, keep)
     return removed
 

@@ -31,6 +31,7 @@ from ..ops.describe import field_text
 from ..spec.expr import ExprError, evaluate
 from ..spec.load import LoadedSpec
 from ..spec.names import problem
+from .templates import Templates
 from ..spec.models import BLOCK_NODE_KEYS, COMMON_NODE_KEYS, SCAN_NODE_KEYS, ArgSpec, BlockNode, ScanNode
 
 from ..limits import MAX_BLOCK_DEPTH, MAX_COLLECTED_ERRORS, MAX_DIM, MAX_NODES, MAX_REPEAT
@@ -74,6 +75,9 @@ class Expander:
         self.spec = spec
         self.errors: list[NnspecError] = []
         self.count = 0
+        self.added: list[Node] = []  # every node added, in order (templates record slices of it)
+        self.templates = Templates(spec.model.blocks)
+        self.use_templates = True
         self._locs: dict = {}
 
 
@@ -305,6 +309,7 @@ class Expander:
             node.init_loc = self.loc(path + ("init",), key=True)
         self.bump(1, path, ctx)
         g.add(node)
+        self.added.append(node)
         for slot, (src, port) in enumerate(ins):
             g.connect(src, port, node.id, slot)
         names = node.out_names
@@ -363,10 +368,18 @@ class Expander:
         if len(inputs) != len(in_names):
             self.fail(f"block '{bname}' takes {len(in_names)} inputs ({', '.join(in_names)}), got {len(inputs)}",
                       path + ("in",), ctx, key=True, expected=f"in: [{', '.join(in_names)}]")
+        key = self.templates.key(bname, args) if self.use_templates else None
+        template = self.templates.made.get(key) if key is not None else None
+        if template is not None:  # an earlier instance read the same values: stamp a copy of it
+            self.bump(len(template.nodes), path, ctx)
+            refs, names = self.templates.stamp(template, g, prefix, list(inputs), scope, ctx.chain)
+            g.instances[prefix[:-1]] = Instance(bname, in_names, list(inputs), names, refs)
+            return Binding(refs, names)
         env = {n: Binding([r], ["out"]) for n, r in zip(in_names, inputs)}
         chain = ctx.chain + [Frame(bname, inst, self.loc(path, key=True))]
         bctx = Ctx(("blocks", bname, "nodes"), prefix, scope, chain, args, env, ctx.depth + 1,
                    last=in_names[0] if in_names else None)
+        mark, errors = len(self.added), len(self.errors)
         self.nodes(g, block.nodes, bctx)
         outs = block.out
         items = [(outs, outs)] if isinstance(outs, str) else [(o, o) for o in outs] if isinstance(outs, list) else list(outs.items())
@@ -374,6 +387,8 @@ class Expander:
         for oname, ref in items:
             refs.append(self.resolve(ref, ("blocks", bname, "out"), bctx))
             names.append(oname.split(".")[0] if oname == ref else oname)
+        if key is not None and len(self.errors) == errors:
+            self.templates.record(key, g, self.added[mark:], prefix, list(inputs), scope, len(ctx.chain), refs, names)
         g.instances[prefix[:-1]] = Instance(bname, in_names, list(inputs), names, refs)
         return Binding(refs, names)
 
@@ -449,6 +464,7 @@ class Expander:
         node.out_names = carry + [o for o in body.outputs if o not in carry]
         self.bump(1, path, ctx)
         g.add(node)
+        self.added.append(node)
         for slot, (src, port) in enumerate(ins):
             g.connect(src, port, node.id, slot)
         return Binding([(node.id, i) for i in range(len(node.out_names))], node.out_names)

@@ -320,6 +320,28 @@ def has_expr(value) -> bool:
     return isinstance(value, str) and "${" in value
 
 
+def names_in(value) -> set | None:
+    """The names the `${...}` expressions inside `value` (nested lists and dicts too) read, or None
+    when one of them does not compile (its evaluation will report the error)."""
+    found: set = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            for m in _EXPR.finditer(v):
+                try:
+                    tree = _parse(m.group(1).strip())
+                except ExprError:
+                    return None
+                found.update(n.name for n in [tree, *tree.find_all(nodes.Name)] if isinstance(n, nodes.Name))
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+            stack.extend(k for k in v if isinstance(k, str))
+    return found
+
+
 def eval_expr(expr: str, names: dict):
     expr = expr.strip()
     run = _compiled(expr)
