@@ -267,3 +267,16 @@ def check_inputs(specs: list, feeds: dict) -> None:
                 raise InputError(f"input '{name}' has {d}={got} on axis {axis}, but input '{seen[d][1]}' has "
                                  f"{d}={seen[d][0]}", expected=f"one value of {d} across inputs")
             seen.setdefault(d, (got, name))
+    for io in specs:  # integer inputs index tables and axes: values outside `range` fail inside torch
+        rng = io.get("range")
+        x = feeds[io["name"]]
+        count = x.numel() if hasattr(x, "numel") else getattr(x, "size", 0)  # a torch tensor, or numpy
+        if not rng or not io["dtype"].startswith(("int", "uint")) or not count:
+            continue
+        lo, hi = (seen[b][0] if isinstance(b, str) and b in seen else b for b in rng)
+        if not all(isinstance(b, (int, float)) for b in (lo, hi)):
+            continue  # a bound names a dim no input carries: nothing to compare with
+        vmin, vmax = (int(v.item()) if hasattr(v, "item") else int(v) for v in (x.min(), x.max()))
+        if vmin < lo or vmax >= hi:
+            raise InputError(f"input '{io['name']}' holds values from {vmin} to {vmax}",
+                             expected=f"values in [{lo}, {hi}) (its declared range [{rng[0]}, {rng[1]}))")

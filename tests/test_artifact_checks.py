@@ -434,3 +434,23 @@ def test_engine_file_must_be_plain_listed_and_verified(tmp_path, monkeypatch):
     man["files"] = {"model.engine": "0" * 64}
     with pytest.raises(ArtifactError, match="model.engine does not match the sha256"):
         engine.load_engine(tmp_path, man)
+
+
+@pytest.mark.parametrize("target", ["torch", "onnx"])
+def test_integer_inputs_outside_their_range_are_refused(tmp_path, capsys, target):
+    spec = tmp_path / "emb.yaml"
+    spec.write_text("nnspec: 1\nname: emb\ndims: {N: {min: 1, opt: 2, max: 4}}\n"
+                    "inputs: {ids: {shape: [N, 5], dtype: int64, range: [0, 16]}}\n"
+                    "nodes: {e: {op: embedding, num: 16, dim: 4}}\noutputs: {y: e}\n")
+    art = tmp_path / "art"
+    assert main(["compile", str(spec), "--target", target, "-o", str(art)]) == 0
+    for values, ok in ((np.arange(10).reshape(2, 5), True), (np.full((2, 5), 16), False), (np.full((2, 5), -1), False)):
+        np.save(tmp_path / "ids.npy", values.astype(np.int64))
+        capsys.readouterr()
+        rc = main(["run", str(art), "--input", f"ids={tmp_path / 'ids.npy'}"])
+        err = capsys.readouterr().err
+        if ok:
+            assert rc == 0, err
+        else:
+            assert rc == 1 and "input 'ids' holds values from" in err and "values in [0, 16)" in err, err
+            assert "internal error" not in err
