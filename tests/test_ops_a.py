@@ -243,6 +243,11 @@ def _randomise(module):
 
 REFERENCES = {
     "linear": ({"out": 5}, {"x": ["N", 2, 7]}, lambda m, x: F.linear(x, m.n.weight, m.n.bias)),
+    # torch's padding="same" with an even kernel pads one more at the end than at the start
+    "conv2d_same_even": ({"out": 3, "kernel": [4, 2], "padding": "same"}, {"x": ["N", 2, 7, 6]},
+                         lambda m, x: F.conv2d(x, m.n.weight, m.n.bias, padding="same")),
+    "conv1d_same_dilated": ({"out": 3, "kernel": 2, "dilation": 3, "padding": "same"}, {"x": ["N", 2, 9]},
+                            lambda m, x: F.conv1d(x, m.n.weight, m.n.bias, padding="same", dilation=3)),
     "linear_nobias": ({"out": 5, "bias": False}, {"x": ["N", 7]}, lambda m, x: x @ m.n.weight.T),
     "embedding": ({"num": 10, "dim": 4, "padding_idx": 2}, {"ids": REPRESENTATIVES["embedding"][0]["ids"]},
                   lambda m, i: m.n.weight[i]),
@@ -378,6 +383,8 @@ ONNX_EXTRA = {
     "slice_symbolic": ({"x": ["N", "T"]}, {"op": "slice", "axis": 1, "start": 1, "end": -1}),
     "zeros_like_int": ({"x": {"shape": ["N", 3], "dtype": "int64", "range": [1, 5]}}, {"op": "zeros_like"}),
     "mean_all": ({"x": ["N", 3, 4]}, {"op": "mean", "axes": [0, 1, 2]}),
+    "conv2d_same_even": ({"x": ["N", 2, "H", 6]}, {"op": "conv2d", "out": 3, "kernel": [4, 2], "padding": "same"}),
+    "conv1d_same_dilated": ({"x": ["N", 2, "T"]}, {"op": "conv1d", "out": 3, "kernel": 2, "dilation": 3, "padding": "same"}),
 }
 
 
@@ -432,7 +439,6 @@ BAD = [
     ({"x": ["N", 6]}, {"op": "slice", "axis": 1, "start": 4, "end": 2}, "empty"),
     ({"x": ["N", 6]}, {"op": "slice", "axis": 2}, "out of range"),
     ({"x": ["N", 3, 4]}, {"op": "max_pool2d", "kernel": 2}, "rank 4"),
-    ({"x": ["N", 3, 4, 4]}, {"op": "max_pool2d", "kernel": 2, "padding": 2}, "half the kernel"),
     ({"x": ["N", 3, 2, 2]}, {"op": "avg_pool2d", "kernel": 3}, "no larger"),
     ({"x": ["N", 3, 4]}, {"op": "mean", "axes": [1, -2]}, "twice"),
     ({"x": {"shape": ["N", 3], "dtype": "int64"}}, {"op": "mean", "axes": 1}, "floating"),
@@ -442,6 +448,17 @@ BAD = [
     ({"x": ["N", 3]}, {"op": "flatten", "start": 1, "end": 0}, "start"),
     ({"mu": ["N", 3], "lv": ["N", 4]}, {"op": "gaussian_sample"}, "shape"),
 ]
+
+
+def test_window_geometry_is_checked_at_the_attribute():
+    from nnspec.compiler.errors import SpecError
+    for node, field, message in [({"op": "max_pool2d", "kernel": 2, "padding": 2}, "padding", "half the kernel"),
+                                 ({"op": "conv2d", "out": 4, "kernel": [3, 3, 3]}, "kernel", "3 values for 2 spatial"),
+                                 ({"op": "conv2d", "out": 4, "kernel": 3, "stride": 2, "padding": "same"}, "padding",
+                                  "only at stride 1")]:
+        with pytest.raises(SpecError) as e:
+            _compile({"x": ["N", 3, 8, 8]}, {"n": {**node, "in": ["x"]}})
+        assert message in e.value.render() and e.value.loc.path[-1] == field, e.value.render()
 
 
 @pytest.mark.parametrize("inputs,node,message", BAD, ids=[f"{b[1]['op']}-{i}" for i, b in enumerate(BAD)])

@@ -19,6 +19,7 @@ import networkx as nx
 
 from ..errors import Frame, Location, PassError
 from .dims import TensorType
+from .params import ParamSpec  # noqa: F401  (part of the IR API)
 
 
 @dataclass(frozen=True)
@@ -44,29 +45,13 @@ class Instance:
     out_refs: list  # [(node_id, port)] the instance returns
 
 
-@dataclass(frozen=True)
-class ParamSpec:
-    """A parameter or buffer owned by a node: shape, dtype, initialiser name, buffer flag (immutable,
-    so nodes with equal attributes and inputs may share one)."""
-
-    shape: tuple
-    dtype: str = "float32"
-    init: str = "default"
-    buffer: bool = False
-
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
 @dataclass(eq=False, slots=True)
 class Node:
     id: str
     op: str
     attrs: object = None  # the op's validated Attrs model
     outputs: list = field(default_factory=list)  # list[TensorType]; filled by infer_shapes
+    in_types: list = field(default_factory=list)  # list[TensorType] of the inputs; filled by infer_shapes
     out_names: list = field(default_factory=list)  # names of the outputs (for `node.name` references)
     params: dict = field(default_factory=dict)  # name -> ParamSpec; filled by infer_shapes
     ties: dict = field(default_factory=dict)  # own param name -> "node_id.param" it shares storage with
@@ -100,7 +85,7 @@ _OPS: dict = {}
 
 
 def _load_ops() -> dict:
-    # The op registry, imported on first use (compiler.ops imports this module for ParamSpec).
+    # The op registry, imported on first use: the ops depend on the IR's types, not on its graph.
     from ..ops import registry
     _OPS.update(registry())
     return _OPS

@@ -21,6 +21,7 @@ from pydantic import Field
 from ..errors import ShapeError
 from ..ir import dims as D
 from ..ir.dims import TensorType
+from ..ir.params import ParamSpec
 from .base import Attrs, Cost, DropP, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
 
 LOWEST_F32 = -3.4028234663852886e38  # masked scores: finite, so TensorRT and softmax never see inf - inf
@@ -198,7 +199,6 @@ class MultiHeadAttention(Op):
         return [q]
 
     def params(self, a, ins):
-        from ..ir.graph import ParamSpec
         dim = ins[0].shape[2]
         ps = {"in_proj_weight": ParamSpec((3 * dim, dim))}
         if a.bias:
@@ -217,7 +217,7 @@ class MultiHeadAttention(Op):
         return Cost(flops=D.add(proj, _sdpa_flops(n, tq, tk, dim, dim)))
 
     def to_torch(self, a, ins, m, node):
-        dim = node.params["in_proj_weight"].shape[1]
+        dim = node.in_types[0].shape[-1]
         kw = {}
         if not a.bias:
             kw["bias"] = False
@@ -302,7 +302,6 @@ class AdditiveAttention(Op):
         return [TensorType((n, dk), keys.dtype), TensorType((n, t), keys.dtype)]
 
     def params(self, a, ins):
-        from ..ir.graph import ParamSpec
         return {"W_q.weight": ParamSpec((a.hidden, ins[0].shape[1])),
                 "W_k.weight": ParamSpec((a.hidden, ins[1].shape[2])),
                 "v.weight": ParamSpec((1, a.hidden))}
@@ -315,7 +314,7 @@ class AdditiveAttention(Op):
         return Cost(flops=D.add(D.mul(per_query, n), D.mul(per_key, D.mul(n, t))))
 
     def to_torch(self, a, ins, m, node):
-        dq, dk = node.params["W_q.weight"].shape[1], node.params["W_k.weight"].shape[1]
+        dq, dk = node.in_types[0].shape[-1], node.in_types[1].shape[-1]
         return TorchCode(expr=f"{m}({ins[0]}, {ins[1]})", init=f"AdditiveAttention({fmt_args(dq, dk, a.hidden)})",
                          helpers=("AdditiveAttention",))
 

@@ -7,6 +7,7 @@ from ..ir import dims as D
 from ..ir.dims import TensorType
 from pydantic import Field
 
+from ..ir.params import ParamSpec
 from .base import Attrs, Cost, NoAttrs, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
 
 
@@ -38,7 +39,6 @@ class Linear(Op):
         return [x.with_shape(x.shape[:-1] + (a.out,))]
 
     def params(self, a, ins):
-        from ..ir.graph import ParamSpec
         ps = {"weight": ParamSpec((a.out, ins[0].shape[-1]))}
         if a.bias:
             ps["bias"] = ParamSpec((a.out,))
@@ -50,7 +50,7 @@ class Linear(Op):
 
     def to_torch(self, a, ins, m, node):
         kw = {} if a.bias else {"bias": False}
-        return TorchCode(expr=f"{m}({ins[0]})", init=f"nn.Linear({fmt_args(node.params['weight'].shape[1], a.out, **kw)})")
+        return TorchCode(expr=f"{m}({ins[0]})", init=f"nn.Linear({fmt_args(node.in_types[0].shape[-1], a.out, **kw)})")
 
     def to_onnx(self, a, ins, b, node):
         w = b.param(node, "weight")
@@ -83,7 +83,6 @@ class Embedding(Op):
         return [TensorType(ids.shape + (a.dim,), "float32")]
 
     def params(self, a, ins):
-        from ..ir.graph import ParamSpec
         return {"weight": ParamSpec((a.num, a.dim))}
 
     def index_bounds(self, a, ins):

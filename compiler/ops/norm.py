@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from pydantic import Field
-
-from ..ir.graph import ParamSpec
+from ..ir.params import ParamSpec
 from .base import Attrs, Eps, Op, Prob, Size, TorchCode, expect, fmt_args, register
 
 EPS = "added to the variance for numerical stability"
@@ -76,11 +75,11 @@ class BatchNorm(Op):
             kw["momentum"] = a.momentum
         if not a.affine:
             kw["affine"] = False
-        c = node.params["running_mean"].shape[0]
+        c = node.in_types[0].shape[1]
         return TorchCode(expr=f"{m}({ins[0]})", init=f"nn.BatchNorm{kind}d({fmt_args(c, **kw)})")
 
     def to_onnx(self, a, ins, b, node):
-        c = node.params["running_mean"].shape[0]
+        c = b.in_type(0).shape[1]
         if a.affine:
             scale, bias = b.param(node, "weight"), b.param(node, "bias")
         else:

@@ -1,136 +1,95 @@
 """Pooling ops: windowed max/avg pooling (1-d, 2-d) and adaptive pooling to a fixed output size.
 
 Output sizes follow torch exactly, including ceil_mode's rule that the last window must start
-inside the input or its left padding.
+inside the input or its left padding. The window geometry is compiler/ops/geometry.py's.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import Field
 
-from ..ir import dims as D
-from .base import Attrs, Op, Pads, Sizes, TorchCode, expect, fmt_args, register
+from .base import Attrs, Op, Sizes, TorchCode, expect, fmt_args, register
+from .geometry import one, window_attrs
 
-KERNEL = "window size: one value for every spatial axis, or one per axis"
-STRIDE = "step between windows (default: the kernel size)"
-PADDING = "implicit padding on both sides, at most half the kernel"
+# name -> (spatial axes, kind)
+WINDOW_POOLS = {"max_pool1d": (1, "max"), "max_pool2d": (2, "max"), "avg_pool1d": (1, "avg"), "avg_pool2d": (2, "avg")}
+ADAPTIVE_POOLS = {"adaptive_avg_pool1d": (1, "avg"), "adaptive_avg_pool2d": (2, "avg"), "adaptive_max_pool2d": (2, "max")}
 
 
-def pool_out(size, k: int, s: int, p: int, d: int, ceil: bool):
+def _pool_attrs(nd: int, kind: str) -> type:
+    base = window_attrs(nd, conv=False, dilation=kind == "max")
+
+    class PoolAttrs(base):
+        ceil_mode: bool = Field(False, description="round output sizes up rather than down")
+        if kind == "avg":
+            count_include_pad: bool = Field(True, description="average over padded zeros too")
+
+    PoolAttrs.__name__ = PoolAttrs.__qualname__ = f"{kind.title()}Pool{nd}dAttrs"
+    return PoolAttrs
+
+
+ATTRS = {name: _pool_attrs(nd, kind) for name, (nd, kind) in WINDOW_POOLS.items()}
+
+
+def pool_out(w, size, axis: int, ceil: bool):
     """Output length of one pooled axis, as torch computes it."""
-    span = d * (k - 1) + 1
+    out = w.out_size(size, axis, ceil)
     if isinstance(size, int):
-        out = D.conv_out(size, k, s, p, d, ceil)
-        if ceil and (out - 1) * s >= size + p:
+        if ceil and (out - 1) * w.stride[axis] >= size + w.pad_begin[axis]:
             out -= 1
         return out
     # Symbolic length: the ceil_mode correction can only fire when p + s > span, a rare geometry.
-    expect(not ceil or p + s <= span, f"ceil_mode with stride {s} and padding {p} over a symbolic length {size}",
+    span = w.dilation[axis] * (w.kernel[axis] - 1) + 1
+    expect(not ceil or w.pad_begin[axis] + w.stride[axis] <= span,
+           f"ceil_mode with stride {w.stride[axis]} and padding {w.pad_begin[axis]} over a symbolic length {size}",
            "a concrete length, or stride + padding <= the window span")
-    return D.conv_out(size, k, s, p, d, ceil)
+    return out
 
 
-class _WindowPool(Op):
-    """Shared geometry of max_pool*/avg_pool*: one window per output element."""
+@register
+class WindowPool(Op):
+    """Max or mean over windows, like F.max_pool1d/2d and F.avg_pool1d/2d."""
 
+    names = list(WINDOW_POOLS)
     fusion = "reduction"
-    kind = ""
 
-    def nd(self) -> int:
-        return int(self.name[-2])
-
-    def _tuple(self, v, what: str) -> tuple:
-        t = tuple(v) if isinstance(v, list) else (v,) * self.nd()
-        expect(len(t) == self.nd(), f"{what} has {len(t)} values", f"{self.nd()} values (one per spatial axis)")
-        return t
-
-    def geometry(self, a):
-        k = self._tuple(a.kernel, "kernel")
-        s = self._tuple(a.stride, "stride") if a.stride is not None else k
-        p = self._tuple(a.padding, "padding")
-        d = self._tuple(getattr(a, "dilation", 1), "dilation")
-        expect(all(v > 0 for v in k + s + d), f"kernel {list(k)}, stride {list(s)}, dilation {list(d)}",
-               "positive kernel, stride and dilation")
-        expect(all(0 <= pi <= ki // 2 for pi, ki in zip(p, k)), f"padding {list(p)} with kernel {list(k)}",
-               "padding at most half the kernel (torch's limit)")
-        return k, s, p, d
+    @property
+    def Attrs(self):  # noqa: N802 - the op contract's attribute-model name, one per family member
+        return ATTRS[self.name]
 
     def infer(self, a, ins):
         (x,) = ins
-        nd = self.nd()
+        nd = WINDOW_POOLS[self.name][0]
         expect(x.rank == nd + 2, f"{self.name} input has rank {x.rank} ({x})", f"rank {nd + 2}: [N, C, *{nd} spatial]")
-        k, s, p, d = self.geometry(a)
         spatial = []
         for i in range(nd):
-            size = pool_out(x.shape[2 + i], k[i], s[i], p[i], d[i], a.ceil_mode)
+            size = pool_out(a.window, x.shape[2 + i], i, a.ceil_mode)
             expect(not isinstance(size, int) or size > 0, f"output size {size} along spatial axis {i}",
                    "a window no larger than the padded input")
             spatial.append(size)
         return [x.with_shape(x.shape[:2] + tuple(spatial))]
 
-    def _kw(self, a) -> dict:
-        one = lambda t: t[0] if len(set(t)) == 1 else t  # noqa: E731 - print (3, 3) as 3, like torchvision
-        k, s, p, d = self.geometry(a)
+    def to_torch(self, a, ins, m, node):
+        w = a.window
         kw = {}
-        if s != k:
-            kw["stride"] = one(s)
-        if any(p):
-            kw["padding"] = one(p)
-        if any(v != 1 for v in d):
-            kw["dilation"] = one(d)
+        if w.stride != w.kernel:
+            kw["stride"] = one(w.stride)
+        if any(w.pad_begin):
+            kw["padding"] = one(w.pad_begin)
+        if any(v != 1 for v in w.dilation):
+            kw["dilation"] = one(w.dilation)
         if a.ceil_mode:
             kw["ceil_mode"] = True
-        return one(k), kw
-
-    def _onnx_geometry(self, a) -> dict:
-        k, s, p, d = self.geometry(a)
-        return {"kernel_shape": list(k), "strides": list(s), "pads": list(p) * 2, "ceil_mode": int(a.ceil_mode)}
-
-
-@register
-class MaxPool(_WindowPool):
-    """Max over windows, like F.max_pool1d / F.max_pool2d."""
-
-    names = ["max_pool1d", "max_pool2d"]
-
-    class Attrs(Attrs):
-        kernel: Sizes = Field(description=KERNEL)
-        stride: Optional[Sizes] = Field(None, description=STRIDE)
-        padding: Pads = Field(0, description=PADDING)
-        dilation: Sizes = Field(1, description="spacing between window elements")
-        ceil_mode: bool = Field(False, description="round output sizes up rather than down")
-
-    def to_torch(self, a, ins, m, node):
-        k, kw = self._kw(a)
-        return TorchCode(expr=f"F.{self.name}({ins[0]}, {fmt_args(k, **kw)})")
-
-    def to_onnx(self, a, ins, b, node):
-        _, _, _, d = self.geometry(a)
-        return [b.op("MaxPool", [ins[0]], dilations=list(d), **self._onnx_geometry(a))]
-
-
-@register
-class AvgPool(_WindowPool):
-    """Mean over windows, like F.avg_pool1d / F.avg_pool2d."""
-
-    names = ["avg_pool1d", "avg_pool2d"]
-
-    class Attrs(Attrs):
-        kernel: Sizes = Field(description=KERNEL)
-        stride: Optional[Sizes] = Field(None, description=STRIDE)
-        padding: Pads = Field(0, description=PADDING)
-        ceil_mode: bool = Field(False, description="round output sizes up rather than down")
-        count_include_pad: bool = Field(True, description="average over padded zeros too")
-
-    def to_torch(self, a, ins, m, node):
-        k, kw = self._kw(a)
-        if not a.count_include_pad:
+        if not getattr(a, "count_include_pad", True):
             kw["count_include_pad"] = False
-        return TorchCode(expr=f"F.{self.name}({ins[0]}, {fmt_args(k, **kw)})")
+        return TorchCode(expr=f"F.{self.name}({ins[0]}, {fmt_args(one(w.kernel), **kw)})")
 
     def to_onnx(self, a, ins, b, node):
-        return [b.op("AveragePool", [ins[0]], count_include_pad=int(a.count_include_pad), **self._onnx_geometry(a))]
+        w = a.window
+        geometry = {"kernel_shape": list(w.kernel), "strides": list(w.stride), "pads": list(w.pad_begin + w.pad_end),
+                    "ceil_mode": int(a.ceil_mode)}
+        if WINDOW_POOLS[self.name][1] == "max":
+            return [b.op("MaxPool", [ins[0]], dilations=list(w.dilation), **geometry)]
+        return [b.op("AveragePool", [ins[0]], count_include_pad=int(a.count_include_pad), **geometry)]
 
 
 @register
@@ -138,34 +97,29 @@ class AdaptivePool(Op):
     """Pool [N, C, *spatial] to a fixed output size with torch's adaptive windows
     (window i of an axis of length L covers [floor(i*L/out), ceil((i+1)*L/out)))."""
 
-    names = ["adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool2d"]
+    names = list(ADAPTIVE_POOLS)
     fusion = "reduction"
 
     class Attrs(Attrs):
         size: Sizes = Field(description="output size: one value for every spatial axis, or one per axis")
 
-    def nd(self) -> int:
-        return int(self.name[-2])
-
     def sizes(self, a) -> tuple:
-        t = tuple(a.size) if isinstance(a.size, list) else (a.size,) * self.nd()
-        expect(len(t) == self.nd(), f"size has {len(t)} values", f"{self.nd()} values (one per spatial axis)")
-        expect(all(v > 0 for v in t), f"size {list(t)}", "positive output sizes")
+        nd = ADAPTIVE_POOLS[self.name][0]
+        t = tuple(a.size) if isinstance(a.size, list) else (a.size,) * nd
+        expect(len(t) == nd, f"size has {len(t)} values", f"{nd} values (one per spatial axis)")
         return t
 
     def infer(self, a, ins):
         (x,) = ins
-        nd = self.nd()
+        nd = ADAPTIVE_POOLS[self.name][0]
         expect(x.rank == nd + 2, f"{self.name} input has rank {x.rank} ({x})", f"rank {nd + 2}: [N, C, *{nd} spatial]")
         return [x.with_shape(x.shape[:2] + self.sizes(a))]
 
     def to_torch(self, a, ins, m, node):
-        t = self.sizes(a)
-        size = t[0] if len(set(t)) == 1 else t
-        return TorchCode(expr=f"F.{self.name}({ins[0]}, {size!r})")
+        return TorchCode(expr=f"F.{self.name}({ins[0]}, {one(self.sizes(a))!r})")
 
     def to_onnx(self, a, ins, b, node):
-        reduce_op = "ReduceMax" if "max" in self.name else "ReduceMean"
+        reduce_op = "ReduceMax" if ADAPTIVE_POOLS[self.name][1] == "max" else "ReduceMean"
         x = ins[0]
         outs = self.sizes(a)
         ones = [i + 2 for i, o in enumerate(outs) if o == 1]

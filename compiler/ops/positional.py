@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..ir.params import ParamSpec
 from .base import Attrs, DropP, Op, Size, TorchCode, expect, fmt_args, register
 
 SNIPPET = '''
@@ -67,7 +68,6 @@ class PositionalEncoding(Op):
         return [x]
 
     def params(self, a, ins):
-        from ..ir.graph import ParamSpec
         return {"weight": ParamSpec((a.max_len, ins[0].shape[2]))} if a.kind == "learned" else {}
 
     def to_torch(self, a, ins, m, node):

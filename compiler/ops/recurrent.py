@@ -18,6 +18,7 @@ from pydantic import Field
 
 from ..ir import dims as D
 from ..ir.dims import TensorType
+from ..ir.params import ParamSpec
 from .base import Attrs, Cost, DropP, Op, Size, TorchCode, expect, fmt_args, register, same_dim
 
 # Gates per cell, torch's order, and the position of each ONNX gate in torch's order.
@@ -45,7 +46,6 @@ def _check_state(t: TensorType, want: tuple, what: str) -> None:
 
 
 def _cell_params(kind: str, cin: int, hidden: int, bias: bool, suffix: str = "") -> dict:
-    from ..ir.graph import ParamSpec
     g = GATES[kind] * hidden
     ps = {f"weight_ih{suffix}": ParamSpec((g, cin)), f"weight_hh{suffix}": ParamSpec((g, hidden))}
     if bias:
@@ -121,7 +121,7 @@ def lstm_outputs(result):
         return Cost(flops=flops)
 
     def to_torch(self, a, ins, m, node):
-        cin = node.params["weight_ih_l0"].shape[1]
+        cin = node.in_types[0].shape[-1]
         kw = {}
         if a.layers != 1:
             kw["num_layers"] = a.layers
@@ -239,7 +239,7 @@ class Cell(Op):
         return Cost(flops=_cell_flops(self.kind(), ins[0].shape[0], ins[0].shape[1], a.hidden))
 
     def to_torch(self, a, ins, m, node):
-        cin = node.params["weight_ih"].shape[1]
+        cin = node.in_types[0].shape[-1]
         kw = {} if a.bias else {"bias": False}
         if self.name == "rnn_cell" and a.nonlinearity != "tanh":
             kw["nonlinearity"] = a.nonlinearity

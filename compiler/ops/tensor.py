@@ -14,6 +14,7 @@ from pydantic import Field
 from ..ir import dims as D
 from ..ir.dims import TensorType
 from ..limits import MAX_DIM
+from ..ir.params import ParamSpec
 from .base import Attrs, Axis, NoAttrs, Op, Size, TorchCode, expect, fmt_args, register, same_dim
 
 Extent = Annotated[int, Field(ge=-1, le=MAX_DIM)]  # a reshape entry: a size, 0 (copy) or -1 (infer)
@@ -390,7 +391,6 @@ class Parameter(Op):
         return [TensorType(tuple(a.shape), "float32")]
 
     def params(self, a, ins):
-        from ..ir.graph import ParamSpec
         return {"weight": ParamSpec(tuple(a.shape), init=a.fill)}
 
     def to_torch(self, a, ins, m, node):

@@ -40,7 +40,7 @@ def _infer_graph(g: Graph, errors: list) -> None:
         if any(s in failed for s, _ in srcs):
             failed.add(n.id)
             continue
-        ins = [g.node(s).outputs[p] for s, p in srcs]
+        ins = n.in_types = [g.node(s).outputs[p] for s, p in srcs]
         op = n.opdef
         try:
             if hasattr(op, "infer_node"):

@@ -257,6 +257,8 @@ class Expander:
             err = sorted(e.errors(), key=lambda x: (order.get(x["type"], 2 if x["type"].endswith("_type") else 1),
                                                     -len(x["loc"])))[0]
             key = err["loc"][0] if err["loc"] else None
+            if err["type"] == "nnspec_attr":  # a check across attributes names the one at fault
+                key = err["ctx"]["field"]
             if err["type"] == "extra_forbidden":
                 allowed = sorted(set(op.Attrs.model_fields) | COMMON_NODE_KEYS)
                 close = difflib.get_close_matches(str(key), allowed, n=1)
