@@ -22,7 +22,7 @@ from ..errors import ShapeError
 from ..ir import dims as D
 from ..ir.dims import TensorType
 from ..ir.params import ParamSpec
-from .base import Attrs, Cost, DropP, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
+from .base import Port, Attrs, Cost, DropP, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
 
 LOWEST_F32 = -3.4028234663852886e38  # masked scores: finite, so TensorRT and softmax never see inf - inf
 
@@ -90,6 +90,10 @@ class Attention(Op):
     """softmax(q k^T / sqrt(d) [+ mask]) v over q[..., Tq, d], k[..., Tk, d], v[..., Tk, dv] (F.scaled_dot_product_attention)."""
 
     name = "attention"
+    in_ports = (Port("q", "[..., Tq, d]"), Port("k", "[..., Tk, d]"), Port("v", "[..., Tk, dv]"),
+                Port("mask", "[..., Tq, Tk]", dtype="bool or float", optional=True,
+                     doc="bool: True where a query may attend; float: added to the scores"))
+    out_ports = (Port("y", "[..., Tq, dv]"),)
     Attrs = AttentionAttrs
     arity = (3, 4)
     fusion = "opaque"
@@ -172,6 +176,10 @@ class MultiHeadAttention(Op):
     """Multi-head attention over query[N, Tq, D] and key_value[N, Tk, D] (self-attention without it)."""
 
     name = "multi_head_attention"
+    in_ports = (Port("query", "[N, Tq, D]"), Port("key_value", "[N, Tk, D]", optional=True, doc="default: query"),
+                Port("mask", "[N, heads, Tq, Tk]", dtype="bool or float", optional=True,
+                     doc="broadcastable; bool: True where a query may attend; float: added to the scores"))
+    out_ports = (Port("y", "[N, Tq, D]"),)
     Attrs = MhaAttrs
     arity = (1, 3)
     fusion = "opaque"
@@ -276,6 +284,8 @@ class AdditiveAttention(Op):
     """Bahdanau additive attention of query[N, Dq] over keys[N, T, Dk] -> context [N, Dk], weights [N, T]."""
 
     name = "additive_attention"
+    in_ports = (Port("query", "[N, Dq]"), Port("keys", "[N, T, Dk]"))
+    out_ports = (Port("context", "[N, Dk]"), Port("weights", "[N, T]"))
 
     class Attrs(Attrs):
         hidden: Size = Field(description="width of the alignment MLP")

@@ -85,6 +85,29 @@ class TorchCode:
         return TorchCode(sub(self.expr), self.init, self.helpers, [sub(x) for x in self.stmts], ())
 
 
+@dataclass(frozen=True)
+class Port:
+    """One input or output of an op, as `nnspec schema` and docs/ops.md describe it.
+
+    `shape` is written in the papers' symbols (`[N, C, H, W]`, `[..., d]`); `dtype` is float, int
+    (int64 ids and indices), bool, or any; `optional` inputs may be left out, a `repeated` input
+    takes one or more values."""
+
+    name: str
+    shape: str = "any shape"
+    dtype: str = "float"
+    doc: str = ""
+    optional: bool = False
+    repeated: bool = False
+
+    def text(self) -> str:
+        """`x: float [N, C, H, W]`, `b: any, any shape (one or more) - broadcasts against a`."""
+        kind = f"{self.dtype} {self.shape}" if self.shape.startswith("[") else ", ".join(
+            t for t in (self.dtype, self.shape) if t)
+        extra = " (optional)" if self.optional else " (one or more)" if self.repeated else ""
+        return f"{self.name}: {kind}{extra}" + (f" - {self.doc}" if self.doc else "")
+
+
 @dataclass
 class Support:
     """Whether a target runs an op as written, why not, and what to use instead."""
@@ -107,6 +130,16 @@ class Op:
     # `TorchCode.helpers` entry names one. Plain torch, so generated files stay standalone.
     torch_snippets: ClassVar[dict] = {}
     doc: ClassVar[str] = ""
+    # What the op reads and returns, for the schema and docs/ops.md (tests/test_registry.py holds
+    # them to `arity` and `outputs`). Families set per-name docs through `summaries`.
+    in_ports: ClassVar[tuple] = ()
+    out_ports: ClassVar[tuple] = (Port("out", "the input's shape", dtype="the input's dtype"),)
+    summaries: ClassVar[dict] = {}
+
+    def summary(self) -> str:
+        """One paragraph saying what the op computes (its family's per-name entry, else the class doc)."""
+        text = self.summaries.get(self.name) or self.doc or type(self).__doc__ or ""
+        return " ".join(text.split())
 
     def outputs(self, a) -> list[str]:
         """Names of the outputs (referenced in specs as `node.name`)."""

@@ -7,7 +7,7 @@ from pydantic import Field
 from ..ir import dims as D
 from ..ir.dims import TensorType
 from ..ir.params import ParamSpec
-from .base import Cost, Op, Size, TorchCode, expect, fmt_args, register
+from .base import Port, Cost, Op, Size, TorchCode, expect, fmt_args, register
 from .geometry import one, window_attrs
 
 ND = {"conv1d": 1, "conv2d": 2}
@@ -30,6 +30,8 @@ class Conv(Op):
     """N-d convolution over [N, C, *spatial] (like nn.Conv1d/nn.Conv2d; weight [out, C/groups, *k])."""
 
     names = list(ND)
+    in_ports = (Port("x", "[N, C, *spatial]"),)
+    out_ports = (Port("y", "[N, out, *spatial']"),)
     fusion = "out_fusable"
 
     @property

@@ -1,8 +1,10 @@
 """Elementwise ops: unary activations and binary arithmetic, each family one table."""
 from __future__ import annotations
 
+from pydantic import Field
+
 from ..ir.dims import TensorType
-from .base import Attrs, NoAttrs, Op, TorchCode, broadcast, register
+from .base import Port, Attrs, NoAttrs, Op, TorchCode, broadcast, register
 
 # name -> (torch expression over {x}, ONNX op type, extra ONNX attributes)
 UNARY = {
@@ -26,6 +28,15 @@ UNARY = {
 @register
 class Unary(Op):
     names = list(UNARY)
+    in_ports = (Port("x", dtype="float"),)
+    summaries = {
+        "relu": "max(x, 0), like torch.relu.", "sigmoid": "1 / (1 + exp(-x)).", "tanh": "Hyperbolic tangent.",
+        "gelu": "x * Phi(x), the Gaussian error linear unit (exact erf form), like F.gelu.",
+        "gelu_tanh": "GELU with the tanh approximation (GPT-2's), like F.gelu(approximate='tanh').",
+        "silu": "x * sigmoid(x) (swish), like F.silu.", "elu": "x if x > 0 else exp(x) - 1, like F.elu.",
+        "softplus": "log(1 + exp(x)), like F.softplus.", "exp": "e to the x.", "log": "Natural logarithm.",
+        "neg": "-x.", "abs": "|x|.", "sqrt": "Square root.", "identity": "x unchanged (a named tap point).",
+    }
     Attrs = NoAttrs
     fusion = "elementwise"
 
@@ -45,9 +56,11 @@ class Unary(Op):
 @register
 class LeakyRelu(Op):
     name = "leaky_relu"
+    in_ports = (Port("x", dtype="float"),)
+    doc = "x if x > 0 else slope * x, like F.leaky_relu."
 
     class Attrs(Attrs):
-        slope: float = 0.01
+        slope: float = Field(0.01, description="gradient for x < 0")
 
     fusion = "elementwise"
 
@@ -77,6 +90,13 @@ class Binary(Op):
     """Broadcasting binary arithmetic; `add` and `mul` also take more than two inputs (summed/multiplied)."""
 
     names = list(BINARY)
+    in_ports = (Port("a", dtype="any"), Port("b", dtype="any", doc="broadcasts against a", repeated=True))
+    out_ports = (Port("out", "the broadcast shape", dtype="the inputs' dtype"),)
+    summaries = {
+        "add": "a + b (+ more inputs, summed), broadcasting like numpy.", "sub": "a - b, broadcasting.",
+        "mul": "a * b (* more inputs), broadcasting.", "div": "a / b, broadcasting.",
+        "maximum": "Elementwise max(a, b), broadcasting.", "minimum": "Elementwise min(a, b), broadcasting.",
+    }
     arity = (2, None)
     fusion = "elementwise"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..ir.dims import TensorType
-from .base import Attrs, Axis, Op, Support, TorchCode, expect, norm_axis, register, same_dim
+from .base import Port, Attrs, Axis, Op, Support, TorchCode, expect, norm_axis, register, same_dim
 
 
 class AxisAttrs(Attrs):
@@ -34,6 +34,8 @@ class Gather(Op):
     """out[i][j] = x[index[i][j]][j] along `axis` (torch.gather; ONNX GatherElements)."""
 
     name = "gather"
+    in_ports = (Port("x", "[...]", dtype="any"), Port("index", "[...]", dtype="int", doc="same rank as x"))
+    out_ports = (Port("out", "index's shape", dtype="x's dtype"),)
     Attrs = AxisAttrs
     arity = (2, 2)
     fusion = "injective"
@@ -64,6 +66,8 @@ class IndexSelect(Op):
     """The slices of x at positions `index` (1-D) along `axis` (torch.index_select; ONNX Gather)."""
 
     name = "index_select"
+    in_ports = (Port("x", "[...]", dtype="any"), Port("index", "[E]", dtype="int"))
+    out_ports = (Port("out", "x's shape with E at axis", dtype="x's dtype"),)
     Attrs = AxisAttrs
     arity = (2, 2)
     fusion = "injective"
@@ -93,6 +97,9 @@ class ScatterAdd(Op):
     """target.index_add(axis, index, src): src slice e is added into target slice index[e] (duplicates sum)."""
 
     name = "scatter_add"
+    in_ports = (Port("target", "[..., V, ...]"), Port("index", "[E]", dtype="int", doc="positions along axis"),
+                Port("src", "[..., E, ...]", doc="target's shape with E at axis"))
+    out_ports = (Port("out", "target's shape"),)
     Attrs = ScatterAttrs
     arity = (3, 3)
     fusion = "opaque"

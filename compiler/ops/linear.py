@@ -8,7 +8,7 @@ from ..ir.dims import TensorType
 from pydantic import Field
 
 from ..ir.params import ParamSpec
-from .base import Attrs, Cost, NoAttrs, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
+from .base import Port, Attrs, Cost, NoAttrs, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
 
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -25,6 +25,8 @@ class Linear(Op):
     """x[..., in] -> [..., out] with weight [out, in] and bias [out], like nn.Linear."""
 
     name = "linear"
+    in_ports = (Port("x", "[..., in]"),)
+    out_ports = (Port("y", "[..., out]"),)
     fusion = "out_fusable"
 
     class Attrs(Attrs):
@@ -66,6 +68,8 @@ class Embedding(Op):
     """int ids[...] -> rows of a [num, dim] table, like nn.Embedding."""
 
     name = "embedding"
+    in_ports = (Port("ids", "[...]", dtype="int", doc="row indices in [0, num)"),)
+    out_ports = (Port("y", "[..., dim]"),)
     fusion = "injective"
 
     class Attrs(Attrs):
@@ -114,6 +118,8 @@ class MatMul(Op):
     """Batched, broadcasting matrix product with torch.matmul semantics (ONNX MatMul)."""
 
     name = "matmul"
+    in_ports = (Port("a", "[..., n, k]"), Port("b", "[..., k, m]"))
+    out_ports = (Port("y", "[..., n, m]", doc="batch dims broadcast; 1-d operands as in torch.matmul"),)
     arity = (2, 2)
     fusion = "out_fusable"
     Attrs = NoAttrs
@@ -147,6 +153,8 @@ class Scale(Op):
     """x * a constant factor."""
 
     name = "scale"
+    in_ports = (Port("x"),)
+    out_ports = (Port("out", "x's shape"),)
     fusion = "elementwise"
 
     class Attrs(Attrs):

@@ -10,7 +10,7 @@ from typing import Optional
 
 from pydantic import Field
 from ..ir.params import ParamSpec
-from .base import Attrs, Eps, Op, Prob, Size, TorchCode, expect, fmt_args, register
+from .base import Port, Attrs, Eps, Op, Prob, Size, TorchCode, expect, fmt_args, register
 
 EPS = "added to the variance for numerical stability"
 DIMS = "how many trailing axes are normalised together"
@@ -42,6 +42,7 @@ class BatchNorm(Op):
     """x[N, C, ...] normalised per channel; batch statistics in training, running ones in eval."""
 
     name = "batch_norm"
+    in_ports = (Port("x", "[N, C, *spatial]"),)
     fusion = "elementwise"  # per-channel affine at inference, foldable into a preceding conv
     train_dependent = True
 
@@ -106,6 +107,7 @@ class LayerNorm(Op):
     """Normalise over the last `dims` axes, like nn.LayerNorm(x.shape[-dims:])."""
 
     name = "layer_norm"
+    in_ports = (Port("x", "[..., *normalised]", doc="the last `dims` axes are normalised"),)
     fusion = "reduction"
 
     class Attrs(Attrs):
@@ -151,6 +153,7 @@ class RMSNorm(Op):
     """x / sqrt(mean(x^2 over the last `dims` axes) + eps) * weight, like nn.RMSNorm."""
 
     name = "rms_norm"
+    in_ports = (Port("x", "[..., *normalised]", doc="the last `dims` axes are normalised"),)
     fusion = "reduction"
 
     class Attrs(Attrs):
@@ -192,6 +195,7 @@ class GroupNorm(Op):
     """x[N, C, ...] normalised over groups of C/groups channels, like nn.GroupNorm."""
 
     name = "group_norm"
+    in_ports = (Port("x", "[N, C, *spatial]"),)
     fusion = "reduction"
 
     class Attrs(Attrs):
@@ -243,6 +247,7 @@ class LocalResponseNorm(Op):
     """Normalise by a window of `size` neighbouring channels, like nn.LocalResponseNorm."""
 
     name = "local_response_norm"
+    in_ports = (Port("x", "[N, C, *spatial]"),)
     fusion = "opaque"
 
     class Attrs(Attrs):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import Attrs, Op, Sizes, TorchCode, expect, fmt_args, register
+from .base import Port, Attrs, Op, Sizes, TorchCode, expect, fmt_args, register
 from .geometry import one, window_attrs
 
 # name -> (spatial axes, kind)
@@ -50,6 +50,12 @@ class WindowPool(Op):
     """Max or mean over windows, like F.max_pool1d/2d and F.avg_pool1d/2d."""
 
     names = list(WINDOW_POOLS)
+    in_ports = (Port("x", "[N, C, *spatial]"),)
+    out_ports = (Port("y", "[N, C, *spatial']"),)
+    summaries = {"max_pool1d": "Max over windows of [N, C, L], like F.max_pool1d.",
+                 "max_pool2d": "Max over windows of [N, C, H, W], like F.max_pool2d.",
+                 "avg_pool1d": "Mean over windows of [N, C, L], like F.avg_pool1d.",
+                 "avg_pool2d": "Mean over windows of [N, C, H, W], like F.avg_pool2d."}
     fusion = "reduction"
 
     @property
@@ -98,6 +104,8 @@ class AdaptivePool(Op):
     (window i of an axis of length L covers [floor(i*L/out), ceil((i+1)*L/out)))."""
 
     names = list(ADAPTIVE_POOLS)
+    in_ports = (Port("x", "[N, C, *spatial]"),)
+    out_ports = (Port("y", "[N, C, *size]"),)
     fusion = "reduction"
 
     class Attrs(Attrs):

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..ir.params import ParamSpec
-from .base import Attrs, DropP, Op, Size, TorchCode, expect, fmt_args, register
+from .base import Port, Attrs, DropP, Op, Size, TorchCode, expect, fmt_args, register
 
 SNIPPET = '''
 class PositionalEncoding(nn.Module):
@@ -48,6 +48,9 @@ class PeAttrs(Attrs):
 @register
 class PositionalEncoding(Op):
     name = "positional_encoding"
+    in_ports = (Port("x", "[N, T, d]"),)
+    doc = ("x + a position code for positions 0..T-1: sinusoidal (the Transformer's fixed sines and "
+           "cosines, a buffer) or learned (a trained [max_len, d] table); then dropout.")
     Attrs = PeAttrs
     fusion = "elementwise"
     train_dependent = True  # dropout

@@ -19,7 +19,7 @@ from pydantic import Field
 from ..ir import dims as D
 from ..ir.dims import TensorType
 from ..ir.params import ParamSpec
-from .base import Attrs, Cost, DropP, Op, Size, TorchCode, expect, fmt_args, register, same_dim
+from .base import Port, Attrs, Cost, DropP, Op, Size, TorchCode, expect, fmt_args, register, same_dim
 
 # Gates per cell, torch's order, and the position of each ONNX gate in torch's order.
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -64,6 +64,17 @@ class Sequence(Op):
     """LSTM / GRU over x[N, T, C] (batch first) with optional initial states, like nn.LSTM / nn.GRU."""
 
     names = ["lstm", "gru"]
+    STATE = "[layers * dirs, N, hidden]"
+
+    @property
+    def in_ports(self):
+        ports = (Port("x", "[N, T, C]"), Port("h0", self.STATE, optional=True, doc="initial state"))
+        return ports + ((Port("c0", self.STATE, optional=True, doc="initial cell state"),) if self.name == "lstm" else ())
+
+    @property
+    def out_ports(self):
+        ports = (Port("y", "[N, T, dirs * hidden]"), Port("h", self.STATE, doc="final state"))
+        return ports + ((Port("c", self.STATE, doc="final cell state"),) if self.name == "lstm" else ())
     Attrs = SeqAttrs
     fusion = "opaque"
     train_dependent = True  # dropout between layers
@@ -205,6 +216,14 @@ class Cell(Op):
     """
 
     names = ["lstm_cell", "gru_cell", "rnn_cell"]
+    @property
+    def in_ports(self):
+        ports = (Port("x", "[N, C]"), Port("h", "[N, hidden]", optional=True, doc="state (default zeros)"))
+        return ports + ((Port("c", "[N, hidden]", optional=True, doc="cell state"),) if self.name == "lstm_cell" else ())
+
+    @property
+    def out_ports(self):
+        return (Port("h", "[N, hidden]"),) + ((Port("c", "[N, hidden]"),) if self.name == "lstm_cell" else ())
     fusion = "opaque"
 
     def kind(self) -> str:

@@ -5,7 +5,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from .base import Attrs, Axis, Op, TorchCode, expect, register
+from .base import Port, Attrs, Axis, Op, TorchCode, expect, register
 from .linear import FLOAT_DTYPES
 
 # name -> (torch method, ONNX op)
@@ -27,6 +27,10 @@ class Reduce(Op):
     """Reduce over `axes` (an int or a list), keeping them as size 1 when `keepdim`."""
 
     names = list(REDUCTIONS)
+    in_ports = (Port("x", dtype="any"),)
+    out_ports = (Port("out", "x's shape without axes (size 1 with keepdim)", dtype="x's dtype"),)
+    summaries = {"mean": "Mean over `axes`, like x.mean(axes).", "sum": "Sum over `axes`, like x.sum(axes).",
+                 "max": "Max over `axes` (values only), like x.amax(axes)."}
     fusion = "reduction"
 
     class Attrs(Attrs):
@@ -63,6 +67,9 @@ class Softmax(Op):
     """Softmax / log-softmax along one axis."""
 
     names = list(SOFTMAX)
+    in_ports = (Port("x"),)
+    summaries = {"softmax": "exp(x) / sum(exp(x)) along `axis`, like F.softmax.",
+                 "log_softmax": "log(softmax(x)) along `axis`, computed stably, like F.log_softmax."}
     fusion = "reduction"
 
     class Attrs(Attrs):

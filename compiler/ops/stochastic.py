@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..ir.dims import TensorType
-from .base import Attrs, NoAttrs, Op, Prob, TorchCode, expect, fmt_args, register, same_dim
+from .base import Port, Attrs, NoAttrs, Op, Prob, TorchCode, expect, fmt_args, register, same_dim
 from .linear import FLOAT_DTYPES
 
 
@@ -17,6 +17,7 @@ class Dropout(Op):
     """Zero elements with probability p in training (scaling the rest by 1/(1-p)); identity in eval."""
 
     name = "dropout"
+    in_ports = (Port("x"),)
     fusion = "elementwise"
     train_dependent = True
 
@@ -43,6 +44,7 @@ class GaussianSample(Op):
     """
 
     name = "gaussian_sample"
+    in_ports = (Port("mu"), Port("logvar", doc="same shape as mu"))
     arity = (2, 2)
     fusion = "elementwise"
     train_dependent = True

@@ -11,12 +11,13 @@ from typing import Literal, Optional, Union
 
 from ..errors import ShapeError
 from ..ir.dims import TensorType
-from .base import Attrs, Cost, Op, TorchCode, norm_axis, register
+from .base import Port, Attrs, Cost, Op, TorchCode, norm_axis, register
 
 
 @register
 class Input(Op):
     name = "input"
+    in_ports = ()
     arity = (0, 0)
 
     class Attrs(Attrs):
@@ -37,6 +38,8 @@ class Input(Op):
 @register
 class Scan(Op):
     name = "scan"
+    in_ports = (Port("inputs", dtype="any", repeated=True, doc="the block's inputs, fed as over / carry / const"),)
+    out_ports = (Port("outputs", dtype="any", doc="final carried states, then per-step outputs stacked along axis"),)
     arity = (1, None)
 
     class Attrs(Attrs):

@@ -15,7 +15,7 @@ from ..ir import dims as D
 from ..ir.dims import TensorType
 from ..limits import MAX_DIM
 from ..ir.params import ParamSpec
-from .base import Attrs, Axis, NoAttrs, Op, Size, TorchCode, expect, fmt_args, register, same_dim
+from .base import Port, Attrs, Axis, NoAttrs, Op, Size, TorchCode, expect, fmt_args, register, same_dim
 
 Extent = Annotated[int, Field(ge=-1, le=MAX_DIM)]  # a reshape entry: a size, 0 (copy) or -1 (infer)
 from .linear import onnx_scalar
@@ -52,6 +52,8 @@ class Flatten(Op):
     """Merge axes start..end (inclusive) into one, like torch.flatten."""
 
     name = "flatten"
+    in_ports = (Port("x", dtype="any"),)
+    out_ports = (Port("out", "axes start..end merged into one", dtype="the input's dtype"),)
     fusion = "injective"
 
     class Attrs(Attrs):
@@ -96,6 +98,8 @@ class Reshape(Op):
     """Reshape with ONNX's conventions: 0 copies the input dim at that position, -1 is inferred."""
 
     name = "reshape"
+    in_ports = (Port("x", dtype="any"),)
+    out_ports = (Port("out", "[*shape]", dtype="the input's dtype"),)
     fusion = "injective"
 
     class Attrs(Attrs):
@@ -154,6 +158,8 @@ class Transpose(Op):
     """Permute axes, like torch.permute (output axis i is input axis perm[i])."""
 
     name = "transpose"
+    in_ports = (Port("x", dtype="any"),)
+    out_ports = (Port("out", "the input's axes permuted", dtype="the input's dtype"),)
     fusion = "injective"
 
     class Attrs(Attrs):
@@ -175,6 +181,8 @@ class Swap(Op):
     """Exchange two axes, like torch.transpose(x, a, b)."""
 
     name = "swap"
+    in_ports = (Port("x", dtype="any"),)
+    out_ports = (Port("out", "axes a and b exchanged", dtype="the input's dtype"),)
     fusion = "injective"
 
     class Attrs(Attrs):
@@ -223,6 +231,8 @@ class Slice(Op):
     """x[..., start:end:step, ...] along one axis (python slice rules, positive step)."""
 
     name = "slice"
+    in_ports = (Port("x", dtype="any"),)
+    out_ports = (Port("out", "axis cut to start:end:step", dtype="the input's dtype"),)
     fusion = "injective"
 
     class Attrs(Attrs):
@@ -268,6 +278,8 @@ class Concat(Op):
     """Join tensors along an existing axis, like torch.cat."""
 
     name = "concat"
+    in_ports = (Port("x", dtype="any", repeated=True, doc="equal shapes but along axis"),)
+    out_ports = (Port("out", "sizes along axis summed", dtype="the inputs' dtype"),)
     arity = (1, None)
     fusion = "injective"
 
@@ -294,6 +306,8 @@ class Split(Op):
     """Cut one axis into pieces of the given sizes (outputs out0, out1, ...), like torch.split."""
 
     name = "split"
+    in_ports = (Port("x", dtype="any"),)
+    out_ports = (Port("out0, out1, ...", dtype="any", doc="one per entry of sizes"),)
     fusion = "injective"
 
     class Attrs(Attrs):
@@ -327,6 +341,8 @@ class Stack(Op):
     """Join equally shaped tensors along a new axis, like torch.stack."""
 
     name = "stack"
+    in_ports = (Port("x", dtype="any", repeated=True, doc="equal shapes"),)
+    out_ports = (Port("out", "a new axis of length len(inputs) at axis", dtype="the inputs' dtype"),)
     arity = (1, None)
     fusion = "injective"
 
@@ -374,6 +390,7 @@ class Parameter(Op):
     """A learned tensor with no inputs (class tokens, position tables, learned queries)."""
 
     name = "parameter"
+    out_ports = (Port("weight", "[*shape]"),)
     arity = (0, 0)
     fusion = "opaque"
     torch_snippets = {"LearnedTensor": LEARNED_TENSOR}
@@ -410,6 +427,7 @@ class ZerosLike(Op):
     """Zeros of the input's shape and dtype (initial recurrent state, masks)."""
 
     name = "zeros_like"
+    in_ports = (Port("x", dtype="any"),)
     fusion = "injective"
     Attrs = NoAttrs
 

@@ -172,6 +172,7 @@ _EXPR = {"type": "string", "pattern": r"\$\{"}
 def json_schema() -> dict:
     """JSON Schema of a spec with one node variant per registered op (for yaml-language-server)."""
     from ..ops import op_names, registry
+    from ..ops.reference import description
 
     variants = []
     for name in op_names():
@@ -186,9 +187,11 @@ def json_schema() -> dict:
             "doc": (Optional[str], None),
         }
         for fname, f in op.Attrs.model_fields.items():
-            fields[fname] = (Union[f.annotation, str], f.default if not f.is_required() else ...)
+            # the attribute's own type with its constraints, or a ${...} expression giving one
+            typed = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+            fields[fname] = (Union[typed, str], Field(f.default if not f.is_required() else ..., description=f.description))
         variants.append(create_model(f"node_{name}", __config__=ConfigDict(extra="forbid"),
-                                     __doc__=(op.doc or type(op).__doc__ or "").strip() or None, **fields))
+                                     __doc__=description(op), **fields))
 
     NodeUnion = Union[tuple(variants) + (BlockNode, ScanNode)]  # type: ignore[misc]
     Typed = create_model(
