@@ -13,19 +13,15 @@ import json
 import re
 from pathlib import Path
 
-from nnspec.compiler.errors import NnspecError, quote
+from nnspec.compiler.errors import quote
 from nnspec.targets.files import (MANIFEST, ArtifactError, atomic_write, name_problem, read_manifest_json,  # noqa: F401
                                   sha256_bytes, sha256_file)
+from nnspec.targets.inputs import InputError, check_inputs  # noqa: F401  (they moved there; runners use them)
+from nnspec.targets.registry import names as target_names
+from nnspec.targets.tensorrt.backends import BACKENDS
 
-TARGETS = ("torch", "onnx", "trt", "trt-rtx")
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool", "uint8", "int8")
 _DIM_EXPR = re.compile(r"[A-Za-z0-9_+\-*/() ]{1,1000}\Z")  # symbolic output dims: `(T-1)//2+1`
-
-
-class InputError(NnspecError):
-    """Arrays given to a runner do not fit the artifact's inputs."""
-
-    kind = "input error"
 
 
 def stable_json(obj) -> str:
@@ -174,8 +170,8 @@ def load_manifest(folder) -> dict:
         if not isinstance(sha, str):
             raise _bad(f"files.{name}", "is not a sha256 digest")
     target = _need(man, "target", str)
-    if target not in TARGETS:
-        raise _bad("target", f"is {quote(target)}, not one of {', '.join(TARGETS)}")
+    if target not in target_names():
+        raise _bad("target", f"is {quote(target)}, not one of {', '.join(target_names())}")
     for key in ("inputs", "outputs"):
         items = _need(man, key, list)
         if not items:
@@ -213,8 +209,8 @@ def _check_tensorrt(trt: dict) -> None:
         why = name_problem(trt["engine"])
         if why:
             raise _bad("tensorrt.engine", f"is {quote(trt['engine'])}, which is refused: {why}")
-    if trt.get("backend") is not None and trt["backend"] not in ("trt", "trt-rtx"):
-        raise _bad("tensorrt.backend", f"is {quote(trt['backend'])}, not trt or trt-rtx")
+    if trt.get("backend") is not None and trt["backend"] not in BACKENDS:
+        raise _bad("tensorrt.backend", f"is {quote(trt['backend'])}, not {' or '.join(BACKENDS)}")
     profiles = _need(trt, "profiles", dict, "tensorrt.profiles", optional=True) or {}
     for inp, pr in profiles.items():
         if not isinstance(pr, dict):
@@ -223,60 +219,3 @@ def _check_tensorrt(trt: dict) -> None:
             v = pr.get(k)
             if v is not None and not (isinstance(v, list) and all(_int(x) for x in v)):
                 raise _bad(f"tensorrt.profiles.{quote(inp)}.{k}", "is not a list of ints")
-
-
-# -- inputs ----------------------------------------------------------------------------------------
-def _describe(io: dict) -> str:
-    return f"{io['dtype']} [{', '.join(str(d) for d in io['shape'])}]"
-
-
-def check_inputs(specs: list, feeds: dict) -> None:
-    """Raise InputError unless `feeds` ({name: array or tensor}) holds exactly the inputs `specs`
-    (the manifest's `inputs`) declare, each with their dtype and rank, concrete dims equal, and each
-    symbolic dim within its declared min/max and equal wherever the symbol recurs."""
-    names = [io["name"] for io in specs]
-    missing = [n for n in names if n not in feeds]
-    extra = [n for n in feeds if n not in names]
-    if missing or extra:
-        what = "; ".join(([f"missing input(s) {', '.join(missing)}"] if missing else [])
-                         + ([f"unknown input(s) {', '.join(map(quote, extra))}"] if extra else []))
-        raise InputError(what, expected="inputs " + ", ".join(f"{io['name']}: {_describe(io)}" for io in specs))
-    seen: dict = {}
-    for io in specs:
-        name, x = io["name"], feeds[io["name"]]
-        dtype = str(getattr(x, "dtype", "?")).replace("torch.", "")
-        shape = tuple(int(d) for d in getattr(x, "shape", ()))
-        want = f"{_describe(io)}"
-        if dtype != io["dtype"]:
-            raise InputError(f"input '{name}' has dtype {dtype}", expected=want)
-        if len(shape) != len(io["shape"]):
-            raise InputError(f"input '{name}' has rank {len(shape)} (shape {list(shape)})",
-                             expected=f"{want} (rank {len(io['shape'])})")
-        for axis, (got, d) in enumerate(zip(shape, io["shape"])):
-            if isinstance(d, int):
-                if got != d:
-                    raise InputError(f"input '{name}' has size {got} on axis {axis} (shape {list(shape)})", expected=want)
-                continue
-            rng = (io.get("dims") or {}).get(d) or {}
-            lo, hi = rng.get("min"), rng.get("max")
-            if (lo is not None and got < lo) or (hi is not None and got > hi):
-                raise InputError(f"input '{name}' has {d}={got} on axis {axis} (shape {list(shape)})",
-                                 expected=f"{want} with {lo if lo is not None else 0} <= {d} <= "
-                                          f"{hi if hi is not None else 'any'}")
-            if d in seen and seen[d][0] != got:
-                raise InputError(f"input '{name}' has {d}={got} on axis {axis}, but input '{seen[d][1]}' has "
-                                 f"{d}={seen[d][0]}", expected=f"one value of {d} across inputs")
-            seen.setdefault(d, (got, name))
-    for io in specs:  # integer inputs index tables and axes: values outside `range` fail inside torch
-        rng = io.get("range")
-        x = feeds[io["name"]]
-        count = x.numel() if hasattr(x, "numel") else getattr(x, "size", 0)  # a torch tensor, or numpy
-        if not rng or not io["dtype"].startswith(("int", "uint")) or not count:
-            continue
-        lo, hi = (seen[b][0] if isinstance(b, str) and b in seen else b for b in rng)
-        if not all(isinstance(b, (int, float)) for b in (lo, hi)):
-            continue  # a bound names a dim no input carries: nothing to compare with
-        vmin, vmax = (int(v.item()) if hasattr(v, "item") else int(v) for v in (x.min(), x.max()))
-        if vmin < lo or vmax >= hi:
-            raise InputError(f"input '{io['name']}' holds values from {vmin} to {vmax}",
-                             expected=f"values in [{lo}, {hi}) (its declared range [{rng[0]}, {rng[1]}))")

@@ -24,7 +24,7 @@ def _percentile(xs: list, q: float) -> float:
 def bench(program, targets=("torch", "onnx"), batches=(1, 8), threads: int = 1, warmup: int = 3,
           repeat: int = 20, progress: bool = True, seed: int = 0, batch_dim: str = "N",
           dims: dict | None = None) -> list[dict]:
-    """Benchmark `targets` (torch, onnx, trt, trt-rtx) at each batch size; returns JSON-ready rows.
+    """Benchmark `targets` (names from the target registry) at each batch size; returns JSON-ready rows.
 
     threads: intra-op threads for torch and onnxruntime (1 gives the steadiest numbers on shared
     machines). Targets that cannot run here get a row with `skipped` set instead of timings.
@@ -33,12 +33,15 @@ def bench(program, targets=("torch", "onnx"), batches=(1, 8), threads: int = 1, 
     from tqdm import tqdm
 
     from nnspec.compiler.cost import cost_report
+    from nnspec.targets import registry
     from nnspec.targets.torch.build import build_module
 
     from .runners import generate_inputs, runnable_targets, runner_for
 
     torch.set_num_threads(int(threads))
     targets = list(dict.fromkeys(targets))
+    for t in targets:
+        registry.get(t)  # an unknown name is a usage error, not a skipped row
     module = build_module(program, seed)
     module.eval()
     why_not = runnable_targets(targets)
@@ -69,7 +72,8 @@ def bench(program, targets=("torch", "onnx"), batches=(1, 8), threads: int = 1, 
                     if i >= warmup:
                         times[t].append(dt)
                     bar.update(1)
-            base = _percentile(times["torch"], 0.5) if "torch" in times else None
+            ref = registry.REFERENCE
+            base = _percentile(times[ref], 0.5) if ref in times else None
             for t in targets:
                 if t not in runners:
                     rows.append({"target": t, "batch": batch, "skipped": why_not.get(t) or "not run"})

@@ -1,11 +1,9 @@
 """`nnspec compile`: lower a program to a target and write the artifact directory atomically.
 
-    torch    model.py (+ weights.safetensors when --weights is given)
-    onnx     model.onnx + weights.safetensors
-    trt      model.onnx + weights.safetensors + model.engine (datacenter TensorRT, needs a GPU)
-    trt-rtx  the same, built by TensorRT-RTX (ahead of time, no GPU needed)
-and `manifest.json` describing the spec, the interface and every file with its sha256. Re-running
-with the same inputs rewrites identical files.
+What each target writes is its registry entry's business (`nnspec.targets.registry`; today torch:
+model.py, onnx: model.onnx + weights.safetensors, trt / trt-rtx: the same + model.engine), plus
+`manifest.json` describing the spec, the passes run, the interface and every file with its sha256.
+Re-running with the same inputs rewrites identical files.
 
 The whole folder is built in a fresh temp folder beside `-o` and swapped in at the end, under a lock
 (`targets.files.staged_folder`): a reader, a killed compile or a second compile into the same `-o`
@@ -47,81 +45,48 @@ def base_manifest(program, target: str, seed: int, weights: str | None) -> dict:
         "preset": spec.preset, "overrides": spec.overrides, "spec_sha256": spec.sha256(), "target": target,
         "params": rep.params, "flops": rep.flops, "flops_dims": rep.dims,
         "weights": {"source": "given" if weights else "seed", "seed": None if weights else seed},
+        "passes": list(program.done),  # the pipeline the artifact was compiled with
         "graphs": {name: interface(program, name) for name in program.graphs},
         **interface(program),
     }
-
-
-TARGETS = ("torch", "onnx", "trt", "trt-rtx")
 
 
 def compile_artifacts(program, target: str, out_dir: str, weights: str | None = None, seed: int = 0,
                       precision: str = "fp32", workspace_mb: int | None = None, opt_level: int = 3) -> list[str]:
     """Write the artifacts of `target` into `out_dir` (replaced as a whole); returns the file names written.
 
-    Without a TensorRT backend (trt, trt-rtx) the folder is still written with the ONNX model, then
-    TensorRTUnavailable (exit 3) is raised."""
-    from nnspec.compiler.errors import LoweringError
+    The target's registry entry writes its files; this wraps them: weights checked first, the
+    target's own refusals (TensorRT's lint) before anything is written, the folder staged and
+    swapped in whole with its manifest. A target whose toolchain is missing here (trt without
+    datacenter TensorRT and a GPU, trt-rtx without TensorRT-RTX) still gets its folder written with
+    the ONNX model, then TensorRTUnavailable (exit 3) is raised."""
     from nnspec.runtime.artifacts import write_manifest
+    from nnspec.targets import registry
+    from nnspec.targets.base import CompileJob
     from nnspec.targets.files import staged_folder
     from nnspec.targets.weights import check_weights, load_weights
 
-    if target not in TARGETS:
-        raise LoweringError(f"unknown target '{target}'", expected=f"one of: {', '.join(TARGETS)}")
+    entry = registry.get(target)
+    missing = [p for p in entry.pipeline if p not in program.done]
+    if missing:  # e.g. an inference-only pass: the artifact would not be what the target promises
+        from nnspec.compiler.errors import LoweringError
+        raise LoweringError(f"the program has not been through pass(es) {', '.join(missing)} of the {target} "
+                            "pipeline", hint=f"load it with passes=nnspec.targets.registry.get({target!r}).pipeline")
     arrays = None
     if weights is not None:  # checked for every target before anything is written
         arrays = load_weights(weights)
         check_weights(program, arrays, f"weights in '{weights}'")
-    if target != "torch" and target != "onnx":
-        from nnspec.targets.tensorrt.lint import check_program
-        check_program(program)  # raises LoweringError naming each unsupported node
+    if entry.check is not None:
+        entry.check(program)  # e.g. TensorRT's lint: a LoweringError naming each unsupported node
     manifest = base_manifest(program, target, seed, weights)
-    pending = None
+    job = CompileJob(manifest, arrays, seed, dict(precision=precision, workspace_mb=workspace_mb, opt_level=opt_level))
     with staged_folder(out_dir) as tmp:
-        if target == "torch":
-            _write_torch(program, tmp, arrays, manifest)
-        else:
-            pending = _write_onnx(program, target, tmp, arrays, seed, manifest,
-                                  dict(precision=precision, workspace_mb=workspace_mb, opt_level=opt_level))
+        pending = entry.compile(program, tmp, job)
         manifest["files"] = _digests(tmp)
         write_manifest(tmp, manifest)
     if pending is not None:
-        raise pending  # after the ONNX artifact is in place, as documented for a missing TensorRT
+        raise pending  # after the artifact is in place, as documented for a missing TensorRT
     return sorted(manifest["files"]) + ["manifest.json"]
-
-
-def _write_torch(program, out: Path, arrays, manifest: dict) -> None:
-    from nnspec.runtime.artifacts import atomic_write
-    from nnspec.targets.torch.codegen import generate_source
-    from nnspec.targets.weights import complete_tied, save_weights
-
-    src, cls = generate_source(program)
-    atomic_write(out / "model.py", src.encode())
-    manifest["torch"] = {"class": cls, "file": "model.py"}
-    if arrays is not None:
-        # The checked arrays are written anew (not the given file's bytes), with tied entries filled in
-        # so that a strict `load_state_dict` of the file works.
-        atomic_write(out / "weights.safetensors", save_weights(complete_tied(program, arrays)))
-
-
-def _write_onnx(program, target: str, out: Path, arrays, seed: int, manifest: dict, trt_opts: dict):
-    """model.onnx (+ weights, extra graphs, engine); returns TensorRTUnavailable when no backend builds here."""
-    from nnspec.targets.onnx.builder import OPSET
-    from nnspec.targets.onnx.export import compile_onnx
-
-    for_trt = target != "onnx"
-    compile_onnx(program, out, seed=seed, for_trt=for_trt, weights=arrays)
-    manifest["onnx"] = {"file": "model.onnx", "opset": OPSET, "for_tensorrt": for_trt}
-    if not for_trt:
-        return None
-    from nnspec.targets.tensorrt import build_engine, require_backend
-    from nnspec.targets.tensorrt.backends import TensorRTUnavailable
-    try:
-        backend = require_backend(target)
-    except TensorRTUnavailable as e:
-        return e
-    manifest["tensorrt"] = build_engine(out / "model.onnx", out, program=program, backend=backend, **trt_opts)
-    return None
 
 
 def _digests(folder: Path) -> dict:

@@ -3,16 +3,24 @@
 The parity table has one row per (target, output): max absolute error, max relative error and a
 verdict. An element passes when |got - want| <= tolerance * (1 + |want|) (absolute near zero,
 relative for large values). When a target breaks the tolerance, the first diverging node is found by
-comparing every intermediate value in topological order: torch values come from evaluating the IR
-node by node with each op's own torch lowering bound to the generated module's submodules (so
-weights are the module's), onnxruntime values from the same ONNX model with every node output
-exposed as an extra graph output. Node ids are shared by both, so the report names the spec node.
+comparing every intermediate value in topological order: torch values come from the reference
+interpreter (`targets/torch/interpret.py`: the IR evaluated node by node with each op's own torch
+lowering, bound to the generated module's submodules, so weights are the module's), the target's
+from its registry entry's `node_values` (onnx: the same ONNX model with every node output exposed
+as an extra graph output). Node ids are shared by both, so the report names the spec node. Which
+targets exist, and how each one runs, is the target registry's (`nnspec.targets.registry`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from nnspec.targets.inputs import symbol_values
+# Every IR value by torch (the reference interpreter) and by onnxruntime: the targets' own modules
+# compute them; re-exported under verify's historical names.
+from nnspec.targets.onnx.runner import expose_values, onnx_value_names, onnx_values  # noqa: F401
+from nnspec.targets.torch.interpret import evaluate as torch_values
 
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 
@@ -101,93 +109,6 @@ def compare(got, want, tolerance: float) -> tuple[float, float, bool, bool]:
     return float(err.max()), float(np.where(err == 0, 0.0, rel).max()), ok, True
 
 
-# -- torch values of every IR node ----------------------------------------------------------------
-def _submodule(module, node_id: str):
-    from nnspec.targets.torch.codegen import ident
-    path = ".".join(p if p.isdigit() else ident(p) for p in node_id.split("."))
-    try:
-        return module.get_submodule(path)
-    except AttributeError:
-        return None
-
-
-def torch_values(program, module, inputs: dict, graph: str = "forward") -> dict:
-    """{(node id, port): np.ndarray} for every node of `graph`, evaluated with the ops' torch lowerings
-    and the generated module's submodules (eval mode, no grad)."""
-    import math
-
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    g = program.graphs[graph]
-    module.eval()
-    base_ns = {"torch": torch, "nn": nn, "F": F, "math": math}
-    for n in g.topo():  # helper snippets (classes/functions) the ops' expressions may call
-        for snippet in getattr(n.opdef, "torch_snippets", {}).values():
-            exec(snippet, base_ns)  # nnspec's own op code, not spec text
-    vals = {}
-    with torch.inference_mode():
-        for n in g.topo():
-            if n.op == "input":
-                vals[(n.id, 0)] = torch.as_tensor(inputs[n.attrs.name])
-                continue
-            ins = [vals[ref] for ref in g.inputs_of(n.id)]
-            names = [f"_nnspec_in{i}" for i in range(len(ins))]
-            ns = dict(base_ns, _nnspec_m=_submodule(module, n.id), **dict(zip(names, ins)))
-            code = n.opdef.to_torch(n.attrs, names, "_nnspec_m", n)
-            code = code.with_temps({t: f"_nnspec_t_{t}" for t in code.temps})
-            if code.stmts:  # e.g. a scan's loop over its cell
-                exec("\n".join(code.stmts), ns)
-            res = eval(code.expr, ns)  # the op's own generated code over bound inputs
-            res = res if isinstance(res, (tuple, list)) else (res,)
-            for i, r in enumerate(res):
-                vals[(n.id, i)] = r
-    return {k: v.detach().cpu().numpy() for k, v in vals.items() if hasattr(v, "detach")}
-
-
-# -- onnxruntime values of every IR node ----------------------------------------------------------
-def onnx_value_names(program, weights: dict, for_trt: bool = False, graph: str = "forward") -> dict:
-    """{(node id, port): ONNX value name} of the top-level graph: the names of the model
-    `to_onnx_model` builds for the same program (the ONNX target's own lowering walk)."""
-    from nnspec.targets.onnx.lower import lower_values
-
-    return lower_values(program, graph, weights, for_trt)[1]
-
-
-def expose_values(model, names: list):
-    """A copy of `model` whose graph also outputs each value in `names` (typed from value_info)."""
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output} | {i.name for i in m.graph.input}
-    typed = {vi.name: vi for vi in m.graph.value_info}
-    for nm in names:
-        if nm in have:
-            continue
-        if nm in typed:
-            m.graph.output.append(typed[nm])
-        else:
-            m.graph.output.append(onnx.helper.ValueInfoProto(name=nm))
-        have.add(nm)
-    return m
-
-
-def onnx_values(model, value_names: dict, inputs: dict, threads: int = 1) -> dict:
-    """{(node id, port): np.ndarray} from onnxruntime with every mapped value exposed."""
-    from nnspec.targets.onnx.runner import ort_session
-
-    produced = {o for nd in model.graph.node for o in nd.output} | {i.name for i in model.graph.input}
-    wanted = {k: v for k, v in value_names.items() if v in produced}
-    m = expose_values(model, sorted(set(wanted.values())))
-    sess = ort_session(m, threads=threads)
-    outs = [o.name for o in sess.get_outputs()]
-    feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
-    got = dict(zip(outs, sess.run(outs, feed)))
-    return {k: got[v] for k, v in wanted.items() if v in got}
-
-
 def first_divergence(program, ref: dict, got: dict, tolerance: float, target: str, graph: str = "forward"):
     """The first node (topological order) whose output differs beyond `tolerance`, or None."""
     g = program.graphs[graph]
@@ -210,58 +131,62 @@ def first_divergence(program, ref: dict, got: dict, tolerance: float, target: st
 
 
 # -- the command -----------------------------------------------------------------------------------
+def default_targets() -> list[str]:
+    """Every registered target but the reference (torch eager): the ones that cannot run here are skipped."""
+    from nnspec.targets import registry
+    return [t for t in registry.names() if t != registry.REFERENCE]
+
+
 def verify(program, targets=None, tolerance: float | None = None, seed: int = 0, dims: dict | None = None,
            onnx_model=None, module=None, graph: str = "forward", threads: int = 1) -> VerifyReport:
-    """Run torch eager (the reference) and every available target in `targets` (default: onnx, and
-    trt where a GPU can run it) on the same generated inputs; returns the parity report. `report.ok`
-    is False (`report.exit_code` 1) on a tolerance break, with the first diverging node named.
+    """Run torch eager (the reference) and every available target in `targets` (default: every other
+    registered target) on the same generated inputs; returns the parity report. `report.ok` is False
+    (`report.exit_code` 1) on a tolerance break, with the first diverging node named where the target
+    can show its intermediate values (onnx).
 
     onnx_model: an ONNX model to check instead of lowering the program (e.g. a compiled artifact's).
     """
     import torch
 
+    from nnspec.targets import registry
+    from nnspec.targets.base import RunOptions
     from nnspec.targets.torch.build import build_module
 
-    from .runners import OrtRunner, module_weights, runnable_targets, runner_for, symbol_values
+    from .runners import generate_inputs, runnable_targets, torch_runner
 
-    targets = list(targets) if targets else ["onnx", "trt"]
-    targets = [t for t in targets if t != "torch"]
+    targets = [t for t in (list(targets) if targets else default_targets()) if t != registry.REFERENCE]
     tol = DEFAULT_TOLERANCE["fp32"] if tolerance is None else float(tolerance)
     module = module if module is not None else build_module(program, seed)
     module.eval()
-    from .runners import generate_inputs, torch_runner
     inputs = generate_inputs(program, dims, seed, graph)
     report = VerifyReport(tol, dims=symbol_values(program, dims, graph))
-    ref_runner = torch_runner(program, module, graph=graph)
     with torch.inference_mode():
-        want = ref_runner.run(inputs)
-    weights = module_weights(module)
+        want = torch_runner(program, module, graph=graph).run(inputs)
     why_not = runnable_targets(targets)
     for t in targets:
         if why_not.get(t):
             report.skipped[t] = why_not[t]
             continue
-        if t == "onnx":
-            if onnx_model is None:
-                from nnspec.targets.onnx.export import to_onnx_model
-                onnx_model = to_onnx_model(program, weights, seed, graph=graph)
-            runner = OrtRunner(onnx_model, threads=threads)
-        else:
-            try:
-                runner = runner_for(program, t, module=module, seed=seed, dims=dims)
-            except Exception as e:  # a target that cannot build is reported, not fatal to the others
-                report.skipped[t] = getattr(e, "message", str(e)).splitlines()[0]
-                continue
+        entry = registry.get(t)
+        opts = RunOptions(seed=seed, threads=threads, graph=graph, dims=dims,
+                          model=onnx_model if t == "onnx" else None)
+        try:
+            runner = entry.runner(program, module, opts)
+        except Exception as e:
+            if not entry.build_may_fail:  # nnspec's own lowering failed: an error to show, not a skip
+                raise
+            # e.g. a TensorRT build this GPU refuses: reported, not fatal to the other targets
+            report.skipped[t] = getattr(e, "message", str(e)).splitlines()[0]
+            continue
         got = runner.run(inputs)
         broke = False
         for name, w in want.items():
             err, rel, ok, shape_ok = compare(got.get(name, np.empty(0)), w, tol)
             report.rows.append(ParityRow(t, name, err, rel, ok, shape_ok))
             broke |= not ok
-        if broke and t == "onnx":
+        if broke and entry.node_values is not None:
             ref_vals = torch_values(program, module, inputs, graph)
-            names = onnx_value_names(program, weights, False, graph)
-            got_vals = onnx_values(onnx_model, names, inputs, threads)
+            got_vals = entry.node_values(program, module, runner, inputs, opts)
             d = first_divergence(program, ref_vals, got_vals, tol, t, graph)
             if d is not None:
                 report.divergences.append(d)

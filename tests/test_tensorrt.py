@@ -187,3 +187,39 @@ def test_cli_target_trt_without_tensorrt_exits_3_with_one_line(tmp_path, monkeyp
     assert code == 3
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "nnspec[trt-rtx]" in err
     assert (tmp_path / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("datacenter", ["absent", "no GPU"])
+def test_cli_target_trt_never_falls_back_to_tensorrt_rtx(tmp_path, monkeypatch, capsys, datacenter):
+    """TensorRT-RTX is installed and builds here, but `--target trt` asks for datacenter TensorRT: its
+    engines are what datacenter TensorRT and Triton's tensorrt_plan load, an RTX engine is not. The
+    ONNX model is written and linted, no engine is, and one line names `--target trt-rtx`."""
+    from nnspec.runtime.cli import main
+
+    fake = type("M", (), {"__version__": "10.0"})
+    monkeypatch.setattr(backends, "import_backend",
+                        lambda name: rtx if name == "trt-rtx" else (None if datacenter == "absent" else fake))
+    monkeypatch.setattr(backends, "cuda_device", lambda: (None, None))
+    out = tmp_path / "trt"
+    code = main(["compile", str(SPECS / "mini_conv.yaml"), "--target", "trt", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and len(err.splitlines()) == 1 and "`--target trt-rtx`" in err and "Traceback" not in err
+    assert (out / "model.onnx").is_file() and not (out / "model.engine").exists()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["target"] == "trt" and "tensorrt" not in man and man["onnx"]["for_tensorrt"]
+    # --target trt-rtx keeps building TensorRT-RTX engines.
+    assert main(["compile", str(SPECS / "mini_conv.yaml"), "--target", "trt-rtx", "-o", str(tmp_path / "rtx")]) == 0
+    man = json.loads((tmp_path / "rtx" / "manifest.json").read_text())
+    assert man["tensorrt"]["backend"] == "trt-rtx" and (tmp_path / "rtx" / "model.engine").is_file()
+
+
+def test_runner_for_trt_does_not_build_with_tensorrt_rtx(monkeypatch):
+    from nnspec.runtime.runners import runner_for
+    from nnspec.targets.tensorrt import require_backend
+
+    monkeypatch.setattr(backends, "import_backend", lambda name: rtx if name == "trt-rtx" else None)
+    with pytest.raises(backends.TensorRTUnavailable, match="--target trt-rtx"):
+        require_backend("trt")
+    assert require_backend("trt-rtx") == "trt-rtx" and require_backend(None) == "trt-rtx"
+    with pytest.raises(backends.TensorRTUnavailable, match="--target trt:"):
+        runner_for(_program("mini_conv"), "trt")

@@ -1,3 +1,5 @@
-"""Compiler passes and the pass manager (see `manager.py`); importing registers the passes."""
-from .manager import PASSES, Program, compile_spec, run_passes  # noqa: F401
+"""Compiler passes and the pass manager (see `manager.py`); importing registers the passes.
+`rewrite.py` is the rule mechanism rewriting passes are built on."""
+from .manager import (DEFAULT_PIPELINE, PASSES, Diagnostic, PassContext, PassResult, Program,  # noqa: F401
+                      compile_spec, register_pass, run_passes)
 from . import core  # noqa: F401  (registration)

@@ -1,7 +1,9 @@
 """The ONNX target: direct lowering of the IR, op by op, through `builder.Builder`.
 
 Entry points: `to_onnx_model` / `compile_onnx` (export.py), `ort_session` / `run_ort` / `parity`
-(runner.py). Importing this package loads neither onnx nor onnxruntime.
+(runner.py). `builder.py` is what op lowerings emit through, `walk.py` the graph walk (the two share
+`common.py` and do not import each other), `lower.py` the entry models on top; `target.py` is the
+onnx entry of the target registry. Importing this package loads neither onnx nor onnxruntime.
 """
 from __future__ import annotations
 

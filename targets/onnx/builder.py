@@ -15,6 +15,9 @@ from typing import Any
 
 from nnspec.compiler.errors import LoweringError
 
+from .common import ELEM_TYPES, value_info  # noqa: F401  (value_info: part of this module's API)
+from .walk import lower_subgraph
+
 # Opset 20: the first with a native Gelu (opset 20, `approximate="tanh"` included), which gelu and
 # gelu_tanh lower to; it keeps opset 18's forms op lowerings rely on (Reduce* take `axes` as an
 # input, Split takes `split` as an input, Pad/Resize final) and LayerNormalization (17). onnx 1.23's
@@ -22,9 +25,6 @@ from nnspec.compiler.errors import LoweringError
 # the op catalog needs (RMSNormalization, 23, is not parsed by every TensorRT release).
 OPSET = 20
 
-# IR dtype name -> onnx.TensorProto elem type (values of the enum, so this module imports onnx lazily).
-ELEM_TYPES = {"float32": 1, "uint8": 2, "int8": 3, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
-              "float64": 11, "bfloat16": 16}
 _NUMPY = {"float32": "float32", "float16": "float16", "float64": "float64", "int64": "int64",
           "int32": "int32", "bool": "bool", "uint8": "uint8", "int8": "int8"}
 
@@ -144,7 +144,7 @@ class Builder:
             raise LoweringError(f"weight '{key}' has shape {list(arr.shape)}",
                                 expected=f"shape {list(spec.shape)} (from the spec)")
         name = self.reserve(key) if key not in self._s.used else self.unique(key)
-        _tensor(self._s.initializers.add(), np.ascontiguousarray(arr), name)
+        _tensor(self._s.initializers.add(), np.asarray(arr, order="C"), name)  # (ascontiguousarray makes 0-d arrays 1-d)
         self._s.param_names[key] = name
         return name
 
@@ -154,7 +154,7 @@ class Builder:
 
         if dtype not in ("int64", "float32", "bool", "int32", "float16", "float64", "uint8", "int8"):
             raise LoweringError(f"constant dtype '{dtype}'", expected="int64, float32 or bool")
-        arr = np.ascontiguousarray(np.asarray(values, dtype=_NUMPY[dtype]))
+        arr = np.asarray(values, dtype=_NUMPY[dtype], order="C")
         key = (dtype, arr.shape, arr.tobytes())
         if key not in self._s.consts:
             name = self.unique("const")
@@ -203,7 +203,6 @@ class Builder:
         values, read directly); `outputs` orders the body's outputs (default: `graph.outputs` order).
         Parameters inside the body are initializers of the main graph, read via outer scope.
         """
-        from .lower import lower_subgraph
         return lower_subgraph(self, graph, input_types, outer_names or {}, outputs)
 
 
@@ -215,13 +214,6 @@ def _tensor(t, arr, name: str) -> None:
     t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
     t.dims.extend(arr.shape)
     t.raw_data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-
-
-def value_info(name: str, t, elem_type: int | None = None):
-    """An ONNX ValueInfoProto for a TensorType; symbolic dims become dim_params (expressions kept as text)."""
-    from onnx import helper
-    dims = [d if isinstance(d, int) else str(d) for d in t.shape]
-    return helper.make_tensor_value_info(name, elem_type or ELEM_TYPES[t.dtype], dims)
 
 
 def _attr_value(key: str, v, op_type: str):

@@ -4,6 +4,10 @@
 are reproducible); `example_inputs` draws inputs for concrete symbol values (int inputs inside their
 declared `range`); `torch_outputs` runs the same entry on the torch module; `parity` reports the
 largest difference per output. The zoo-wide parity test builds on these.
+
+`onnx_value_names` / `onnx_values` give every IR value as onnxruntime computes it (each node output
+exposed as an extra graph output, found by the names the lowering walk gives it), which `nnspec
+verify` compares with the torch interpreter's to name the first diverging node.
 """
 from __future__ import annotations
 
@@ -75,4 +79,44 @@ def parity(program, values: dict | None = None, seed: int = 0, graph: str = "for
     return diff
 
 
-__all__ = ["ort_session", "run_ort", "example_inputs", "torch_outputs", "parity"]
+def onnx_value_names(program, weights: dict, for_trt: bool = False, graph: str = "forward") -> dict:
+    """{(node id, port): ONNX value name} of the top-level graph: the names of the model
+    `to_onnx_model` builds for the same program (the ONNX target's own lowering walk)."""
+    from .lower import lower_values
+
+    return lower_values(program, graph, weights, for_trt)[1]
+
+
+def expose_values(model, names: list):
+    """A copy of `model` whose graph also outputs each value in `names` (typed from value_info)."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output} | {i.name for i in m.graph.input}
+    typed = {vi.name: vi for vi in m.graph.value_info}
+    for nm in names:
+        if nm in have:
+            continue
+        if nm in typed:
+            m.graph.output.append(typed[nm])
+        else:
+            m.graph.output.append(onnx.helper.ValueInfoProto(name=nm))
+        have.add(nm)
+    return m
+
+
+def onnx_values(model, value_names: dict, inputs: dict, threads: int = 1) -> dict:
+    """{(node id, port): np.ndarray} from onnxruntime with every mapped value exposed."""
+    produced = {o for nd in model.graph.node for o in nd.output} | {i.name for i in model.graph.input}
+    wanted = {k: v for k, v in value_names.items() if v in produced}
+    m = expose_values(model, sorted(set(wanted.values())))
+    sess = ort_session(m, threads=threads)
+    outs = [o.name for o in sess.get_outputs()]
+    feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
+    got = dict(zip(outs, sess.run(outs, feed)))
+    return {k: got[v] for k, v in wanted.items() if v in got}
+
+
+__all__ = ["ort_session", "run_ort", "example_inputs", "torch_outputs", "parity", "onnx_value_names",
+           "expose_values", "onnx_values"]

@@ -5,6 +5,7 @@
     precision.py  fp16/bf16 ONNX for strongly typed networks
     build.py      build_engine: profiles from the spec's dims, timing cache, manifest fields
     engine.py     loading an engine, refusing one built for another GPU/TensorRT with the rebuild command
+    target.py     the `trt` and `trt-rtx` entries of the target registry (compile, runner, probes)
 
 Importing this package loads neither onnx nor any TensorRT.
 """
@@ -19,14 +20,12 @@ _LAZY = {"build_engine": "build", "TensorRTBuildError": "build", "symbol_ranges"
 
 
 def require_backend(target: str | None = None) -> str:
-    """The backend that will build for `--target trt|trt-rtx` ('trt' picks datacenter TensorRT when it
-    can build here, else TensorRT-RTX). Raises TensorRTUnavailable (exit 3, one line) when none can."""
+    """The backend that builds for `--target trt|trt-rtx`: exactly the one named. `trt` never falls
+    back to TensorRT-RTX (datacenter TensorRT and Triton's `tensorrt_plan` cannot load its engines);
+    without datacenter TensorRT and a GPU it raises TensorRTUnavailable (exit 3), one line naming
+    `--target trt-rtx`. None picks whichever can build here, datacenter TensorRT first."""
     from .backends import resolve_backend
 
-    if target == "trt":
-        from .backends import probe
-        p = probe()
-        return resolve_backend("trt" if p.usable("trt") else None, p)
     return resolve_backend(target)
 
 

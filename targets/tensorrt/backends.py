@@ -85,7 +85,9 @@ def resolve_backend(backend: str | None, p: Probe | None = None) -> str:
         raise LoweringError(f"unknown TensorRT backend '{backend}'", expected=f"one of: {', '.join(BACKENDS)}")
     if not p.usable(backend):
         if backend == "trt" and p.usable("trt-rtx"):
-            raise TensorRTUnavailable(f"--target trt: {p.why['trt']}; TensorRT-RTX is installed: use `--target trt-rtx`")
+            # Never a silent fallback: an RTX engine does not load in datacenter TensorRT or Triton's tensorrt_plan.
+            raise TensorRTUnavailable(f"--target trt: {p.why['trt']}; TensorRT-RTX is installed: use `--target trt-rtx` "
+                                      "for a TensorRT-RTX engine (datacenter TensorRT cannot load those)")
         raise TensorRTUnavailable(unavailable_message(p, backend))
     return backend
 
