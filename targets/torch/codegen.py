@@ -1,18 +1,25 @@
 """PyTorch code generation: the IR -> one readable, standalone Python file.
 
 The template (`model.py.j2`) holds the frame only; each op renders its own constructor and forward
-expression (`Op.to_torch`). Every block instance becomes a submodule class (identical instances
-share one class; a `repeat` becomes an `nn.ModuleList`), a scan's body becomes a cell class called
-in a loop, and `forward` is straight-line code whose variables are the spec's node names, each line
-annotated with its type and spec location. State-dict keys equal IR node ids (`layer1.0.conv1.weight`).
-Output is deterministic: same program, same bytes.
+expression (`Op.to_torch`). Every block instance is first rendered as a class of its own; instances
+whose classes differ only in constants then share one parameterised class, torchvision's way
+(`Bottleneck(in_channels, planes, stride=1, downsample=False)`; targets/torch/share.py decides
+which, targets/torch/pieces.py holds the line representation that makes them comparable). A chained
+`repeat` becomes an `nn.Sequential` (other repeats an `nn.ModuleList`), a scan's body a cell class
+called in a loop, and `forward` is straight-line code whose variables are the spec's node names,
+each line annotated with its type and spec location. State-dict keys equal IR node ids
+(`layer1.0.conv1.weight`). Output is deterministic: same program, same bytes.
 """
 from __future__ import annotations
 
 import builtins
+import gc
+import io
 import keyword
 import re
-from dataclasses import dataclass, field
+import textwrap
+import tokenize
+from functools import lru_cache
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -20,9 +27,10 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from nnspec.compiler.errors import LoweringError
 from nnspec.compiler.ir.graph import Graph, Node
 
+from .pieces import NO, Child, Items, ctor, lex, module_names
+from .share import Line, Note, Sharing, Unit
+
 RESERVED = {"self", "torch", "nn", "F", "math"} | set(dir(builtins))
-# How each initialiser of the vocabulary (nnspec.compiler.init) is written in torch; `{p}` is the
-# parameter, other fields are its arguments, always rendered as float literals.
 TORCH_INIT = {
     "zeros": "nn.init.zeros_({p})",
     "ones": "nn.init.ones_({p})",
@@ -35,9 +43,11 @@ TORCH_INIT = {
     "kaiming_normal": "nn.init.kaiming_normal_({p}, mode='fan_out', nonlinearity='relu')",
     "kaiming_uniform": "nn.init.kaiming_uniform_({p}, a=math.sqrt(5))",
     "orthogonal": "nn.init.orthogonal_({p}, gain={gain})",
+    "trunc_normal": "nn.init.trunc_normal_({p}, mean={mean}, std={std}, a={a}, b={b})",
 }
 
 
+@lru_cache(maxsize=1 << 16)
 def ident(name: str) -> str:
     name = re.sub(r"\W", "_", name)
     if keyword.iskeyword(name) or name in RESERVED or name[0].isdigit():
@@ -106,101 +116,75 @@ def init_line(target: str, init) -> str:
     return TORCH_INIT[init.name].format(p=target, **args)
 
 
-@dataclass
-class Method:
-    name: str
-    args: list
-    lines: list = field(default_factory=list)
-    ret: str = "None"
-
-
-@dataclass
-class ClassDef:
-    name: str
-    doc: str
-    init_lines: list
-    methods: list
-
-    def body(self) -> str:
-        return repr((self.doc, self.init_lines, [(m.name, m.args, m.lines, m.ret) for m in self.methods]))
-
-    @property
-    def doc_literal(self) -> str:
-        return docstring(self.doc, "    ")
+def fmt_note(note) -> str:
+    """A line's comment: `f32[N,64,56,56]  blocks/resnet.yaml:52`, ASCII-escaped."""
+    if isinstance(note, Note):
+        return comment(f"{', '.join(str(t) for t in note.types)}  {note.where}".strip())
+    return comment(note) if note else ""
 
 
 class Codegen:
     def __init__(self, program):
         self.program = program
-        self.classes: list[ClassDef] = []
-        self.by_body: dict[str, str] = {}
+        self.units: list[Unit] = []  # every class as rendered, children before their parents
+        self.classes: list = []  # share.ClassDef, in file order
+        self.by_body: dict[str, str] = {}  # class body -> name: identical classes are one
         self.helpers: dict[str, str] = {}  # snippet name -> code, from the ops' `torch_snippets`
-        self._loop_vars: set = set()
+        self._paths: dict[str, str] = {}  # location file -> its spec-relative path
         self.taken: set = taken_class_names()  # class names in use or never to be used
         self.reserved_vars: set = RESERVED | set(self.taken)  # local names forward must not rebind
 
-    # -- classes ------------------------------------------------------------------------------
-    def add_class(self, base: str, cls: ClassDef) -> str:
-        key = cls.body()
-        if key in self.by_body:
-            return self.by_body[key]
-        cls.name = class_ident(base, self.taken)
-        self.taken.add(cls.name)
-        self.classes.append(cls)
-        self.by_body[key] = cls.name
-        return cls.name
+    # -- units: one class rendering each ------------------------------------------------------
+    def new_unit(self, **kw) -> Unit:
+        u = Unit(len(self.units), **kw)
+        self.units.append(u)
+        return u
 
-    def unit(self, graphs: list[tuple[str, Graph, list, list]], depth: int, doc: str) -> tuple[list, list]:
-        """Init lines and methods of one class holding the nodes at scope depth `depth`.
+    def body(self, graphs: list[tuple[str, Graph, list, list]], depth: int) -> tuple[list, list]:
+        """`__init__` lines and methods of one class holding the nodes at scope depth `depth`.
 
         `graphs` lists (method name, graph, this class's nodes in topological order, argument
         (ref, name) pairs). Each node is visited once per nesting level, so generation stays linear
         in the graph size.
         """
-        init: dict[str, object] = {}
+        init: dict[str, object] = {}  # attr -> [Line], or (container, [child uids]) for a repeat
         methods = []
         for mname, g, nodes, args in graphs:
-            m = Method(mname, [a for _, a in args])
+            lines: list[Line] = []
             names = {ref: a for ref, a in args}
-            used = set(m.args) | self.reserved_vars
+            used = {a for _, a in args} | self.reserved_vars
             groups: dict[str, list] = {}  # child instance key -> its nodes, in order
             for n in nodes:
                 if len(n.scope) > depth:
                     groups.setdefault(_child_key(n, depth), []).append(n)
             emitted: set[str] = set()
             for n in nodes:
-                if len(n.scope) > depth:
-                    key = _child_key(n, depth)
-                    if key in emitted:
-                        continue
-                    emitted.add(key)
-                    sc = n.scope[depth]
-                    sub_depth = depth + (2 if sc.kind == "list" else 1)
-                    chain = self.chained_list(g, key) if sc.kind == "list" and key.endswith(".0") else None
-                    if chain:
-                        emitted.update(chain)
-                        self.loop_call(g, chain, sub_depth, sc, groups, init, m, names, used)
-                    else:
-                        self.instance_call(g, key, sub_depth, sc, groups[key], init, m, names, used)
+                if len(n.scope) <= depth:
+                    self.node_lines(g, n, init, lines, names, used)
                     continue
-                self.node_lines(g, n, init, m, names, used)
-            outs = [names[ref] for ref in self.returns(g, mname)]
-            m.ret = outs[0] if len(outs) == 1 else "(" + ", ".join(outs) + ")"
-            methods.append(m)
-        lines = []
-        for attr, val in init.items():
-            if isinstance(val, list) and val and val[0] == "__list__":
-                classes = val[1:]
-                if len(set(classes)) == 1 and len(classes) > 2:
-                    lines.append(f"self.{attr} = nn.ModuleList([{classes[0]}() for _ in range({len(classes)})])")
+                key = _child_key(n, depth)
+                if key in emitted:
+                    continue
+                emitted.add(key)
+                sc = n.scope[depth]
+                sub_depth = depth + (2 if sc.kind == "list" else 1)
+                chain = self.chained_list(g, key) if sc.kind == "list" and key.endswith(".0") else None
+                if chain:
+                    emitted.update(chain)
+                    self.sequential_call(g, chain, sub_depth, groups, init, lines, names, used)
                 else:
-                    lines.append(f"self.{attr} = nn.ModuleList([{', '.join(c + '()' for c in classes)}])")
+                    self.instance_call(g, key, sub_depth, sc, groups[key], init, lines, names, used)
+            outs = [names[ref] for ref in self._returns[(id(g), mname)]]
+            lines.append(Line(lex("return " + ", ".join(outs))))
+            methods.append((mname, [a for _, a in args], lines))
+        init_lines = []
+        for attr, val in init.items():
+            if isinstance(val, tuple):
+                head, uids = val
+                init_lines.append(Line((Items(head, tuple((Child(u),) for u in uids)),), f"self.{attr}", attr=attr))
             else:
-                lines.extend(val if isinstance(val, list) else [val])
-        return lines, methods
-
-    def returns(self, g: Graph, mname: str) -> list:
-        return self._returns[(id(g), mname)]
+                init_lines.extend(val)
+        return init_lines, methods
 
     def fresh(self, base: str, used: set) -> str:
         name, k = ident(base), 2
@@ -211,13 +195,13 @@ class Codegen:
 
     def chained_list(self, g: Graph, first: str) -> list | None:
         """Keys of a repeat's instances when they form a simple chain (one input, one output, each
-        instance feeding only the next), so forward can loop over the ModuleList; else None."""
+        instance feeding only the next), so one nn.Sequential call runs them; else None."""
         base = first[:-2]
         keys = []
         while f"{base}.{len(keys)}" in g.instances:
             keys.append(f"{base}.{len(keys)}")
         insts = [g.instances[k] for k in keys]
-        if len(keys) < 2 or any(len(i.in_refs) != 1 or len(i.out_refs) != 1 for i in insts):
+        if any(len(i.in_refs) != 1 or len(i.out_refs) != 1 for i in insts):
             return None
         outputs = set(g.outputs.values())
         for k, (a, b) in enumerate(zip(insts, insts[1:])):
@@ -228,95 +212,142 @@ class Codegen:
                 return None
         return keys
 
-    def loop_call(self, g, keys, depth, sc, groups, init, m, names, used):
-        """`h = x; for block in self.layers: h = block(h)` for a chained repeat."""
-        for key in keys:  # classes and ModuleList entries, as for separate calls
-            self.instance_call(g, key, depth, sc, groups.get(key, []), init, m, names, used, emit=False)
-        first, last = g.instances[keys[0]], g.instances[keys[-1]]
-        attr = ident(keys[0].split(".")[-2])
-        var = self.fresh(attr, used)
-        # One loop variable per method: reuse it across loops unless a value took the name first.
-        item = "block" if "block" not in used or ("block", id(m)) in self._loop_vars else self.fresh("block", used)
-        used.add(item)
-        self._loop_vars.add((item, id(m)))
-        m.lines.append(f"{var} = {names[first.in_refs[0]]}")
-        m.lines.append(f"for {item} in self.{attr}:  # {len(keys)} x block {first.block}")
-        m.lines.append(f"    {var} = {item}({var})")
-        names[last.out_refs[0]] = var
-
-    def instance_call(self, g, key, depth, sc, nodes, init, m, names, used, emit: bool = True):
+    def instance_unit(self, g: Graph, key: str, depth: int, nodes: list) -> Unit:
+        """The class rendering of block instance `key` (its nodes are `nodes`)."""
         inst = g.instances[key]
         args = [(ref, ident(n)) for ref, n in zip(inst.in_refs, inst.in_names)]
         self._returns[(id(g), "forward@" + key)] = inst.out_refs
-        lines, methods = self.unit([("forward@" + key, g, nodes, args)], depth, "")
-        methods[0].name = "forward"
-        cname = self.add_class(camel(inst.block), ClassDef("", f"Block '{inst.block}'.", lines, methods))
+        init, methods = self.body([("forward@" + key, g, nodes, args)], depth)
+        block = self.program.spec.model.blocks.get(inst.block)
+        doc = (block.doc or "").strip() if block is not None else ""
+        return self.new_unit(kind="block", base=camel(inst.block), doc=doc or f"Block '{inst.block}'.", init=init,
+                             methods=[("forward",) + tuple(methods[0][1:])], block=inst.block, args=inst.args,
+                             inputs=[(nm, _type(g, r)) for nm, r in zip(inst.in_names, inst.in_refs)])
+
+    def sequential_call(self, g, keys, depth, groups, init, lines, names, used):
+        """`layer1 = self.layer1(x)` over an nn.Sequential of a chained repeat's instances."""
+        uids = [self.instance_unit(g, k, depth, groups.get(k, [])).uid for k in keys]
+        first, last = g.instances[keys[0]], g.instances[keys[-1]]
+        local = keys[0].split(".")[-2]
+        attr = ident(local)
+        init[attr] = ("nn.Sequential", uids)
+        note = Note((_type(g, last.out_refs[0]),), self.where(_frame_loc(groups.get(keys[0], []), keys[0])))
+        self.bind(last.out_refs, ["out"], local, f"self.{attr}({names[first.in_refs[0]]})", lines, names, used,
+                  note, attr)
+
+    def instance_call(self, g, key, depth, sc, nodes, init, lines, names, used):
+        inst = g.instances[key]
+        uid = self.instance_unit(g, key, depth, nodes).uid
         parts = key.split(".")
-        if sc.kind == "list":
+        if sc.kind == "list":  # one of a repeat's instances, called on its own
             attr = ident(parts[-2])
-            lst = init.setdefault(attr, ["__list__"])
-            lst.append(cname)
-            target = f"self.{attr}[{parts[-1]}]"
-            base = f"{parts[-2]}_{parts[-1]}"
+            init.setdefault(attr, ("nn.ModuleList", []))[1].append(uid)
+            target, base, calls = f"self.{attr}[{parts[-1]}]", f"{parts[-2]}_{parts[-1]}", ""
         else:
             attr = ident(parts[-1])
-            init[attr] = f"self.{attr} = {cname}()"
-            target = f"self.{attr}"
-            base = parts[-1]
-        if not emit:
-            return
-        call = f"{target}({', '.join(names[r] for r in inst.in_refs)})"
-        self.bind(inst.out_refs, inst.out_names, base, call, m, names, used, f"block {inst.block}")
+            init[attr] = [Line((Child(uid),), f"self.{attr}", attr=attr)]
+            target, base, calls = f"self.{attr}", parts[-1], attr
+        note = Note(tuple(_type(g, r) for r in inst.out_refs), self.where(_frame_loc(nodes, key)))
+        self.bind(inst.out_refs, inst.out_names, base, f"{target}({', '.join(names[r] for r in inst.in_refs)})",
+                  lines, names, used, note, calls)
 
-    def bind(self, refs, out_names, base, expr, m, names, used, comment):
+    def bind(self, refs, out_names, base, expr, lines, names, used, note, attr=""):
+        """`var = expr` (or `a, b = expr`) into `lines`; `attr`: the submodule the line calls."""
         if len(refs) == 1:
             var = self.fresh(base, used)
-            m.lines.append(f"{var} = {expr}  # {comment}")
+            lines.append(Line(lex(expr), var, note, attr, call=bool(attr)))
             names[refs[0]] = var
             return
         vars_ = [self.fresh(f"{base}_{o}", used) for o in out_names]
-        m.lines.append(f"{', '.join(vars_)} = {expr}  # {comment}")
+        lines.append(Line(lex(expr), ", ".join(vars_), note, attr))
         for r, v in zip(refs, vars_):
             names.setdefault(r, v)
 
-    def node_lines(self, g: Graph, n: Node, init: dict, m: Method, names: dict, used: set) -> None:
+    def node_lines(self, g: Graph, n: Node, init: dict, lines: list, names: dict, used: set) -> None:
         if n.op == "input":
             return
         attr = ident(n.local)
         ins = [names[ref] for ref in g.inputs_of(n.id)]
-        where = f"{self.spec_path(n.loc.file)}:{n.loc.line}" if n.loc else ""
-        types = ", ".join(str(t) for t in n.outputs)
         if n.body is not None:  # a node with a body (scan) holds it as a submodule class
-            init[attr] = f"self.{attr} = {self.body_class(n)}()"
+            init[attr] = [Line((Child(self.body_class(n)),), f"self.{attr}", attr=attr)]
         try:
             code = n.opdef.to_torch(n.attrs, ins, f"self.{attr}", n)
         except LoweringError as e:
             e.loc = e.loc or n.loc
             raise
-        if code.temps:  # fresh names for the op's temporaries ($name in its statements)
-            code = code.with_temps({t: self.fresh(f"{n.local}_{t}", used) for t in code.temps})
-        if code.init is not None:
-            lines = [f"self.{attr} = {code.init}"]
-            for pname, init_ in n.init.items():
-                lines.append(init_line(f"self.{attr}.{pname}", init_))
-            init[attr] = lines
-        self.helpers.update({h: n.opdef.torch_snippets[h] for h in code.helpers})
-        m.lines.extend(code.stmts)
         outs = [(n.id, i) for i in range(len(n.outputs))]
-        names_ = n.out_names if len(n.outputs) > 1 else ["out"]
-        self.bind(outs, names_, n.local, code.expr, m, names, used, comment(f"{types}  {where}".strip()))
+        out_names = n.out_names if len(n.outputs) > 1 else ["out"]
+        # An op whose statements bind its outputs themselves (`$y, ($h, $c) = self.rnn(x)`, its
+        # expression just `$y, $h, $c`) gets its temporaries named as its outputs, so no second line.
+        direct = bool(code.stmts) and len(code.temps) == len(outs) and \
+            code.expr.replace(" ", "") == ",".join("$" + t for t in code.temps)
+        if code.temps:  # fresh names for the op's temporaries ($name in its statements)
+            bases = [n.local if len(outs) == 1 else f"{n.local}_{o}" for o in out_names] if direct else \
+                [f"{n.local}_{t}" for t in code.temps]
+            code = code.with_temps({t: self.fresh(b, used) for t, b in zip(code.temps, bases)})
+        if code.init is not None:
+            attr_lines = [Line(ctor(code.init), f"self.{attr}", attr=attr)]
+            for pname, init_ in n.init.items():
+                attr_lines.append(Line(lex(init_line(f"self.{attr}.{pname}", init_)), attr=attr))
+            init[attr] = attr_lines
+        self.helpers.update({h: n.opdef.torch_snippets[h] for h in code.helpers})
+        note = Note(tuple(n.outputs), self.where(n.loc))
+        if direct:
+            lines.extend(Line(lex(s), attr=attr) for s in code.stmts[:-1])
+            lines.append(Line(lex(code.stmts[-1]), note=note, attr=attr))
+            for ref, var in zip(outs, [v.strip() for v in code.expr.split(",")]):
+                names[ref] = var
+            return
+        lines.extend(Line(lex(s), attr=attr) for s in code.stmts)
+        self.bind(outs, out_names, n.local, code.expr, lines, names, used, note, attr if code.init else "")
 
-    def body_class(self, n: Node) -> str:
-        """The class of a node's body graph (a scan's cell): forward takes the body's inputs in
-        order and returns its outputs in order."""
+    def body_class(self, n: Node) -> int:
+        """The unit of a node's body graph (a scan's cell): forward takes the body's inputs in order
+        and returns its outputs in order."""
         body = n.body
         args = [((f"{n.id}.{k}", 0), ident(k)) for k in n.attrs.inputs]
         self._returns[(id(body), "forward")] = list(body.outputs.values())
-        lines, methods = self.unit([("forward", body, body.topo(), args)], 0, "")
+        init, methods = self.body([("forward", body, body.topo(), args)], 0)
         block = n.attrs.block
         name = camel(block) if camel(block).endswith("Cell") else camel(block) + "Cell"
-        return self.add_class(name, ClassDef("", f"One step of block '{block}' (run by '{n.id}').",
-                                                               lines, methods))
+        return self.new_unit(kind="cell", base=name, doc=f"One step of block '{block}' (run by scan '{n.local}').",
+                             init=init, methods=methods).uid
+
+    def where(self, loc) -> str:
+        if not loc:
+            return ""
+        path = self._paths.get(loc.file)
+        if path is None:
+            path = self._paths[loc.file] = self.spec_path(loc.file)
+        return f"{path}:{loc.line}"
+
+    # -- classes --------------------------------------------------------------------------------
+    def name_class(self, base: str, cls, kind: str) -> str:
+        """The name of class `cls`: the root's own, an identical class's, or a fresh one from `base`."""
+        if kind == "root":
+            cls.name = self.root_name
+            self.root = cls
+            return cls.name
+        body = cls.body()
+        if body not in self.by_body:
+            cls.name = class_ident(base, self.taken)
+            self.taken.add(cls.name)
+            self.by_body[body] = cls.name
+            self.classes.append(cls)
+        return self.by_body[body]
+
+    def arg_decls(self) -> dict:
+        """block -> [(arg, default)]: the default when it is a plain number or bool (it then becomes
+        the parameter's Python default), else NO (an expression: the parameter is required)."""
+        from nnspec.compiler.spec.models import ArgSpec
+
+        out = {}
+        for bname, b in self.program.spec.model.blocks.items():
+            out[bname] = []
+            for a, d in b.args.items():
+                default = d.default if isinstance(d, ArgSpec) else None
+                out[bname].append((a, default if type(default) in (int, float, bool) else NO))
+        return out
 
     # -- the file -----------------------------------------------------------------------------
     def generate(self, class_name: str | None = None) -> str:
@@ -324,28 +355,34 @@ class Codegen:
         spec = p.spec
         self._returns = {}
         # The root's name first, so no block class can take it.
-        name = class_ident(class_name or class_name_for(spec.name, spec.preset), self.taken)
-        self.taken.add(name)
-        self.reserved_vars.add(name)
+        self.root_name = class_ident(class_name or class_name_for(spec.name, spec.preset), self.taken)
+        self.taken.add(self.root_name)
+        self.reserved_vars.add(self.root_name)
         entries = []
         for gname, g in p.graphs.items():
             args = [((n.id, 0), n.attrs.name) for n in g.inputs()]  # validated names, kept as written
             self._returns[(id(g), gname)] = list(g.outputs.values())
             entries.append((gname, g, g.topo(), args))
-        lines, methods = self.unit(entries, 0, "")
+        lines, methods = self.body(entries, 0)
         for n in p.all_nodes():
             for pname, target in sorted(n.ties.items()):
                 tid, _, tp = target.rpartition(".")
-                lines.append(f"self.{modpath(n.id)}.{pname} = self.{modpath(tid)}.{tp}  # tied")
+                lines.append(Line(lex(f"self.{modpath(n.id)}.{pname} = self.{modpath(tid)}.{tp}"), note="tied"))
         ins, outs = self._io_doc()
-        root = ClassDef(name, f"{spec.name}: ({ins}) -> ({outs})", lines, methods)
-        self.classes.append(root)
+        self.new_unit(kind="root", base=self.root_name, doc=f"{spec.name}: ({ins}) -> ({outs})", init=lines,
+                      methods=methods)
+        Sharing(self.arg_decls(), self.name_class, self.taken, fmt_note, ident).run(self.units)
+        self.classes.append(self.root)
+        helpers = [self.helpers[h].strip() for h in sorted(self.helpers)]
+        code = [ln for c in self.classes for ln in c.init_lines + [x for m in c.methods for x in m[2]]]
+        used = module_names(code) | _snippet_names(helpers)
+        imports = (["import math", ""] if "math" in used else []) + (["import torch"] if "torch" in used else []) \
+            + ["import torch.nn as nn"] + (["import torch.nn.functional as F"] if "F" in used else [])
         env = Environment(loader=FileSystemLoader(str(Path(__file__).parent)), undefined=StrictUndefined,
                           keep_trailing_newline=True, trim_blocks=False)
         text = env.get_template("model.py.j2").render(
-            module_doc=docstring(self.module_doc()),
-            helpers=[self.helpers[h].strip() for h in sorted(self.helpers)],
-            classes=self.classes)
+            module_doc=docstring(self.module_doc()), imports="\n".join(imports), helpers=helpers,
+            classes=[(c, docstring(c.doc if c is self.root else _wrap(c.doc), "    ")) for c in self.classes])
         return re.sub(r"\n{3,}(?=\S)", "\n\n\n", text).rstrip("\n") + "\n"
 
     def module_doc(self) -> str:
@@ -384,8 +421,48 @@ class Codegen:
         return ins, ", ".join(f"{o}: {g.output_type(o)}" for o in g.outputs)
 
 
+
+def _wrap(doc: str, width: int = 92) -> str:
+    """A class docstring's text with its long lines wrapped (the spec's `doc:` is usually one folded
+    line), closing quotes on their own line when it spans several."""
+    lines = [w for line in doc.split("\n") for w in (textwrap.wrap(line, width, break_long_words=False,
+                                                                     break_on_hyphens=False) or [""])]
+    return "\n".join(lines) + ("\n" if len(lines) > 1 else "")
+
+
+def _type(g: Graph, ref: tuple):
+    src, port = ref
+    return g.node(src).outputs[port]
+
+
+def _frame_loc(nodes: list, key: str):
+    """Where block instance `key` was instantiated: the frame its nodes' chains hold for it."""
+    for fr in (nodes[0].chain if nodes else ()):
+        if fr.instance == key:
+            return fr.loc
+    return None
+
+
+def _snippet_names(snippets: list) -> set:
+    """Names the helper snippets read as `name.attr` (`torch`, `F`, `math`: what the file imports)."""
+    out: set = set()
+    for text in snippets:
+        toks = [t for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                if t.type in (tokenize.NAME, tokenize.OP)]
+        for k, t in enumerate(toks[:-1]):
+            if t.type == tokenize.NAME and toks[k + 1].string == "." and (k == 0 or toks[k - 1].string != "."):
+                out.add(t.string)
+    return out
+
+
 def generate_source(program, class_name: str | None = None) -> tuple[str, str]:
     """(source text, class name) of the program's PyTorch module."""
     cg = Codegen(program)
-    src = cg.generate(class_name)
+    enabled = gc.isenabled()
+    gc.disable()  # generation makes millions of small objects and no cyclic garbage: the collector's
+    try:  # passes over them would take half the time on a 100k-node graph
+        src = cg.generate(class_name)
+    finally:
+        if enabled:
+            gc.enable()
     return src, cg.classes[-1].name
