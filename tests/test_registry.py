@@ -72,6 +72,27 @@ REPRESENTATIVES = {
     "gather": ({"x": ["N", 6], "i": {"shape": ["N", 3], "dtype": "int64", "range": [0, 6]}}, {"axis": 1}),
     "index_select": ({"x": [6, 4], "i": {"shape": [3], "dtype": "int64", "range": [0, 6]}}, {"axis": 0}),
     "scatter_add": ({"t": [6, 4], "i": {"shape": [5], "dtype": "int64", "range": [0, 6]}, "s": [5, 4]}, {"axis": 0}),
+    # group C (relu6, hardswish, hardsigmoid and the comparisons take the default unary/binary specs)
+    "clamp": ({"x": F4}, {"min": -0.5, "max": 0.5}),
+    "hardtanh": ({"x": F4}, {"min_val": -2.0, "max_val": 2.0}),
+    "constant": ({}, {"value": [[0.5, -1.0, 2.0], [3.0, 0.0, -4.5]]}),
+    "cast": ({"x": F4}, {"dtype": "int64"}),
+    "where": ({"c": {"shape": ["N", 1, 8, 8], "dtype": "bool"}, "x": F4, "y": ["N", 3, 1, 8]}, {}),
+    "logical_and": ({"x": {"shape": ["N", 5], "dtype": "bool"}, "y": {"shape": [1, 5], "dtype": "bool"}}, {}),
+    "logical_or": ({"x": {"shape": ["N", 5], "dtype": "bool"}, "y": {"shape": ["N", 1], "dtype": "bool"}}, {}),
+    "logical_xor": ({"x": {"shape": ["N", 5], "dtype": "bool"}, "y": {"shape": ["N", 5], "dtype": "bool"}}, {}),
+    "logical_not": ({"x": {"shape": ["N", 5], "dtype": "bool"}}, {}),
+    "arange": ({"x": SEQ}, {"length_of": 1}),
+    "tril": ({"x": SEQ}, {"diagonal": 1}),
+    "triu": ({"x": SEQ}, {"diagonal": -1}),
+    "interpolate": ({"x": F4}, {"size": [5, 12], "mode": "bilinear"}),
+    "upsample": ({"x": F4}, {"scale_factor": 2}),
+    "conv_transpose1d": ({"x": ["N", 3, 9]}, {"out": 4, "kernel": 3, "stride": 2, "padding": 1, "output_padding": 1}),
+    "conv_transpose2d": ({"x": F4}, {"out": 4, "kernel": 3, "stride": 2, "groups": 1}),
+    "pixel_shuffle": ({"x": ["N", 8, 4, 4]}, {"upscale_factor": 2}),
+    "argmax": ({"x": SEQ}, {"axis": -1}),
+    "one_hot": ({"ids": IDS}, {"num_classes": 10}),
+    "cumsum": ({"x": SEQ}, {"axis": 1}),
 }
 UNARY_INPUT = {"x": F4}
 

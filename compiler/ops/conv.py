@@ -8,21 +8,24 @@ from ..ir import dims as D
 from ..ir.dims import TensorType
 from ..ir.params import ParamSpec
 from .base import Port, Cost, Op, Size, TorchCode, expect, fmt_args, register
+from ..init import fan_in_uniform
 from .geometry import one, window_attrs
+from .linear import FLOAT_DTYPES
 
 ND = {"conv1d": 1, "conv2d": 2}
 
 
-def _conv_attrs(nd: int) -> type:
-    class ConvAttrs(window_attrs(nd, conv=True)):
+def conv_attrs(nd: int, transposed: bool = False) -> type:
+    """The attribute model of an `nd`-d convolution (transposed: with output_padding)."""
+    class ConvAttrs(window_attrs(nd, conv=True, transposed=transposed)):
         groups: Size = Field(1, description="blocked connections: input and output channels both divisible by it")
         bias: bool = Field(True, description="learned additive bias")
 
-    ConvAttrs.__name__ = ConvAttrs.__qualname__ = f"Conv{nd}dAttrs"
+    ConvAttrs.__name__ = ConvAttrs.__qualname__ = f"Conv{'Transpose' if transposed else ''}{nd}dAttrs"
     return ConvAttrs
 
 
-ATTRS = {name: _conv_attrs(nd) for name, nd in ND.items()}
+ATTRS = {name: conv_attrs(nd) for name, nd in ND.items()}
 
 
 @register
@@ -42,6 +45,7 @@ class Conv(Op):
         (x,) = ins
         nd, w = ND[self.name], a.window
         expect(x.rank == nd + 2, f"{self.name} input has rank {x.rank} ({x})", f"rank {nd + 2}: [N, C, *{nd} spatial]")
+        expect(x.dtype in FLOAT_DTYPES, f"{self.name} of a {x.dtype} tensor", "a floating-point tensor (cast it first)")
         cin = x.shape[1]
         expect(isinstance(cin, int), f"channel dim {cin} is symbolic", "a concrete channel count")
         expect(cin % a.groups == 0 and a.out % a.groups == 0,
@@ -55,9 +59,11 @@ class Conv(Op):
         return [TensorType((x.shape[0], a.out, *spatial), x.dtype)]
 
     def params(self, a, ins):
-        ps = {"weight": ParamSpec((a.out, ins[0].shape[1] // a.groups, *a.window.kernel))}
+        fan_in = ins[0].shape[1] // a.groups * D.prod(a.window.kernel)
+        init = fan_in_uniform(fan_in)  # nn.Conv*d's reset_parameters, weight and bias alike
+        ps = {"weight": ParamSpec((a.out, ins[0].shape[1] // a.groups, *a.window.kernel), init=init)}
         if a.bias:
-            ps["bias"] = ParamSpec((a.out,))
+            ps["bias"] = ParamSpec((a.out,), init=init)
         return ps
 
     def cost(self, a, ins, outs):

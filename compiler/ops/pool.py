@@ -9,6 +9,7 @@ from pydantic import Field
 
 from .base import Port, Attrs, Op, Sizes, TorchCode, expect, fmt_args, register
 from .geometry import one, window_attrs
+from .linear import FLOAT_DTYPES
 
 # name -> (spatial axes, kind)
 WINDOW_POOLS = {"max_pool1d": (1, "max"), "max_pool2d": (2, "max"), "avg_pool1d": (1, "avg"), "avg_pool2d": (2, "avg")}
@@ -66,6 +67,7 @@ class WindowPool(Op):
         (x,) = ins
         nd = WINDOW_POOLS[self.name][0]
         expect(x.rank == nd + 2, f"{self.name} input has rank {x.rank} ({x})", f"rank {nd + 2}: [N, C, *{nd} spatial]")
+        expect(x.dtype in FLOAT_DTYPES, f"{self.name} of a {x.dtype} tensor", "a floating-point tensor (cast it first)")
         spatial = []
         for i in range(nd):
             size = pool_out(a.window, x.shape[2 + i], i, a.ceil_mode)
@@ -121,6 +123,7 @@ class AdaptivePool(Op):
         (x,) = ins
         nd = ADAPTIVE_POOLS[self.name][0]
         expect(x.rank == nd + 2, f"{self.name} input has rank {x.rank} ({x})", f"rank {nd + 2}: [N, C, *{nd} spatial]")
+        expect(x.dtype in FLOAT_DTYPES, f"{self.name} of a {x.dtype} tensor", "a floating-point tensor (cast it first)")
         return [x.with_shape(x.shape[:2] + self.sizes(a))]
 
     def to_torch(self, a, ins, m, node):

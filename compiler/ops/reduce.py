@@ -5,6 +5,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
+from ..ir.dims import TensorType
 from .base import Port, Attrs, Axis, Op, TorchCode, expect, register
 from .linear import FLOAT_DTYPES
 
@@ -45,7 +46,9 @@ class Reduce(Op):
         expect(x.dtype != "bool", f"{self.name} of a bool tensor", "a numeric tensor")
         axes = set(_axes(a.axes, x.rank))
         shape = [1 if i in axes else d for i, d in enumerate(x.shape) if a.keepdim or i not in axes]
-        return [x.with_shape(shape)]
+        # torch sums every integer dtype into int64
+        dtype = "int64" if self.name == "sum" and x.dtype.startswith(("int", "uint")) else x.dtype
+        return [TensorType(tuple(shape), dtype)]
 
     def to_torch(self, a, ins, m, node):
         axes = a.axes if isinstance(a.axes, int) else tuple(a.axes)
@@ -54,7 +57,10 @@ class Reduce(Op):
 
     def to_onnx(self, a, ins, b, node):
         axes = _axes(a.axes, b.in_type(0).rank)
-        return [b.op(REDUCTIONS[self.name][1], [ins[0], b.const(axes)], keepdims=int(a.keepdim))]
+        x = ins[0]
+        if b.out_type(0).dtype != b.in_type(0).dtype:  # an int32 sum, computed in int64 as torch does
+            x = b.op("Cast", [x], to=b.dtype())
+        return [b.op(REDUCTIONS[self.name][1], [x, b.const(axes)], keepdims=int(a.keepdim))]
 
 
 # name -> (torch expression over {x} and {axis}, ONNX op)

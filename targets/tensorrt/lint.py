@@ -5,6 +5,10 @@ It runs before every TensorRT build and reads two things:
 1. the IR (`lint_program`): each op's `trt_support(a, ins)` (the op's own knowledge, compiler/ops)
    plus generic checks that hold for every op:
      - dtypes TensorRT has no kernels for (float64; int8/uint8 without quantisation scales),
+     - inputs whose dtype kind (float / int / bool) is not the one the op's input port declares
+       (`Port.dtype`): an int tensor into conv2d or matmul, a float one into logical_and. The op's
+       lowerings are written for the declared kinds (ONNX Conv has no int kernels, TensorRT's
+       MatMul takes no int32/int64, ReduceMax no bool), so the build would fail at parse time,
      - shapes baked into the graph (a reshape-like node whose input has a symbolic dim but whose
        output is fully concrete: the engine would only accept the example size),
      - ops with no ONNX lowering at all.
@@ -20,6 +24,7 @@ Parser errors at build time are turned into findings the same way (`from_parser_
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from nnspec.compiler.ir.dims import symbols
@@ -32,6 +37,7 @@ QUANT_DTYPES = {
     "uint8": "uint8 is accepted only as a network input/output that is cast right away",
 }
 NUMEL_PRESERVING = {"reshape", "flatten", "transpose", "swap", "view"}
+DTYPE_KINDS = ("float", "int", "bool")
 SEVERITIES = ("error", "warning", "note")
 
 
@@ -117,6 +123,36 @@ def _walk(graph):
             yield from _walk(n.body)
 
 
+def _kind(dtype: str) -> str:
+    return "bool" if dtype == "bool" else "float" if dtype.startswith(("float", "bfloat")) else "int"
+
+
+def _port_kinds(op, slot: int) -> tuple:
+    """(port, the dtype kinds it declares) of input `slot` of `op`; kinds empty where the port
+    declares none (`any`, `a's dtype`)."""
+    ports = op.in_ports
+    port = ports[slot] if slot < len(ports) else ports[-1] if ports and ports[-1].repeated else None
+    if port is None or "any" in port.dtype or "dtype" in port.dtype:
+        return port, set()
+    return port, {w for w in re.findall(r"[a-z]+", port.dtype) if w in DTYPE_KINDS}
+
+
+def _dtype_findings(n, ins: list) -> list[Finding]:
+    out = []
+    for slot, t in enumerate(ins):
+        port, kinds = _port_kinds(n.opdef, slot)
+        if not kinds or _kind(t.dtype) in kinds:
+            continue
+        want = " or ".join(k for k in DTYPE_KINDS if k in kinds)
+        to = "float32" if "float" in kinds else "int64" if "int" in kinds else "bool"
+        alternatives = [f"cast it first (op: cast, dtype: {to})"]
+        if t.dtype == "bool":
+            alternatives.append("combine bool masks with logical_and / logical_or, and apply them with where")
+        out.append(Finding(n.id, n.op, f"input '{port.name}' is {t}, but {n.op} takes {want} tensors there (its torch, "
+                           "ONNX and TensorRT forms are written for those)", alternatives, "error", n.loc))
+    return out
+
+
 def _node_findings(g, n, form: str) -> list[Finding]:
     out = []
     op = n.opdef
@@ -135,6 +171,7 @@ def _node_findings(g, n, form: str) -> list[Finding]:
         return out
     if not _has_onnx(op):
         out.append(Finding(n.id, n.op, f"op {n.op} has no ONNX lowering, so TensorRT cannot see it", [], "error", n.loc))
+    out += _dtype_findings(n, ins)
     try:
         sup = op.trt_support(n.attrs, ins)
     except NotImplementedError:
