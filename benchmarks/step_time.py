@@ -15,26 +15,11 @@ Usage: .venv/bin/python benchmarks/step_time.py [--quick] [--rounds N] [--batch 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from timing import header, interleaved, median, ms, paired_ratios, percentile, table
 
 GOAL = 1.02
-# torchvision name -> nnspec name, as in tests/test_zoo_reference.py: the projection shortcut is
-# a block of named nodes there.
-RESNET_MAP = [(r"\.downsample\.0\.", ".downsample.conv."), (r"\.downsample\.1\.", ".downsample.bn.")]
-
-
-def renamed(state: dict) -> dict:
-    out = {}
-    for k, v in state.items():
-        for pat, rep in RESNET_MAP:
-            k = re.sub(pat, rep, k)
-        out[k] = v
-    return out
-
-
 def models(size: int):
     import torch
     import torchvision
@@ -44,8 +29,11 @@ def models(size: int):
 
     torch.manual_seed(0)
     ref = torchvision.models.resnet50()
-    ours = build_module(c.load("resnet", "resnet50", {"image_size": size}))
-    ours.load_state_dict(renamed(ref.state_dict()), strict=True)
+    from nnspec.runtime.import_weights import rename
+    program = c.load("resnet", "resnet50", {"image_size": size})
+    ours = build_module(program)
+    keys = program.spec.model.reference.keys  # the spec's own map of torchvision's names onto its own
+    ours.load_state_dict({rename(k, keys): v for k, v in ref.state_dict().items()}, strict=True)
     plain = torchvision.models.resnet50()
     plain.load_state_dict(ref.state_dict())
     for mod in plain.modules():

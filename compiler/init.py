@@ -1,4 +1,5 @@
-"""The initialiser vocabulary of `init:` (per-parameter initialisation), checked at load time.
+"""Parameter initialisation: the vocabulary of `init:`, each op's reference defaults, and the
+spec's `init_defaults`, all checked at load time and recorded on the IR.
 
     init: {weight: identity, bias: zeros}
     init: {weight: {normal: {std: 0.02}}}
@@ -7,6 +8,12 @@ An initialiser is a name, or a one-entry mapping from a name to its arguments. A
 numbers (never text: they reach generated code only as numbers), from each initialiser's own list;
 missing ones take the defaults below. Targets render a parsed `Init`; nothing else about
 initialisers lives outside this module.
+
+Every parameter of the IR carries its initialiser (`ParamSpec.init`): the op's reference default
+(what torch's module does: `fan_in_uniform` for nn.Linear and nn.Conv*d, N(0, 1) for
+nn.Embedding, ones and zeros for norms), replaced by the spec's `init_defaults` for that op and
+then by the node's own `init:`. The targets draw every parameter from it (numpy, seeded), so the
+same seed gives the same weights in every target.
 """
 from __future__ import annotations
 
@@ -28,19 +35,57 @@ INITIALISERS: dict[str, tuple[dict, str]] = {
     "kaiming_normal": ({}, "He normal, fan_out, for ReLU (torchvision's conv init)"),
     "kaiming_uniform": ({}, "He uniform with a = sqrt(5) (torch's default for linear and conv weights)"),
     "orthogonal": ({"gain": 1.0}, "a (semi-)orthogonal matrix"),
+    "trunc_normal": ({"mean": 0.0, "std": 1.0, "a": -2.0, "b": 2.0}, "N(mean, std^2) truncated to [a, b]"),
 }
+# Forms the ops' defaults use that a spec does not write: sinusoidal tables are computed, not drawn.
+INTERNAL = {"sinusoidal": ({}, "the Transformer's fixed sines and cosines")}
 
 
 @dataclass(frozen=True)
 class Init:
-    """A parsed initialiser: its name and every argument (defaults filled in), as floats."""
+    """A parsed initialiser: its name and every argument (defaults filled in), as floats.
+    `zero_row` (nn.Embedding's padding_idx) is a row set to zero after drawing."""
 
     name: str
     args: tuple = ()  # ((arg, value), ...) in the vocabulary's order
+    zero_row: int | None = None
 
     @property
     def kwargs(self) -> dict:
         return dict(self.args)
+
+
+def _init(name: str, **args) -> Init:
+    defaults = (INITIALISERS.get(name) or INTERNAL[name])[0]
+    return Init(name, tuple({**defaults, **{k: float(v) for k, v in args.items()}}.items()))
+
+
+ZEROS, ONES = _init("zeros"), _init("ones")
+
+
+def normal(std: float = 1.0, mean: float = 0.0) -> Init:
+    return _init("normal", mean=mean, std=std)
+
+
+def uniform(bound: float) -> Init:
+    return _init("uniform", a=-bound, b=bound)
+
+
+def fan_in_uniform(fan_in: int) -> Init:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for nn.Linear and nn.Conv*d weights
+    (kaiming_uniform with a = sqrt(5) works out to this bound) and their biases."""
+    return uniform(1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
+
+
+def xavier_uniform(gain: float = 1.0) -> Init:
+    return _init("xavier_uniform", gain=gain)
+
+
+def trunc_normal(std: float, mean: float = 0.0, a: float | None = None, b: float | None = None) -> Init:
+    return _init("trunc_normal", mean=mean, std=std, a=-2.0 * std if a is None else a, b=2.0 * std if b is None else b)
+
+
+SINUSOIDAL = _init("sinusoidal")
 
 
 class InitError(ValueError):

@@ -2,14 +2,15 @@
 
     nnspec list [--json]                         bundled specs and their presets
     nnspec check SPEC... [--target trt]          validate specs (exit 1 on a bad spec)
-    nnspec inspect SPEC [--preset P] [--set k=v] [--json] [--depth D] [--dump-after PASS]
-    nnspec compile SPEC --target torch|onnx|trt|trt-rtx -o DIR
-    nnspec graph SPEC --format dot|svg|mermaid|json|text
+    nnspec inspect SPEC [--preset P] [--set k=v] [--json] [--depth D] [--dump-after PASS] [--target T]
+    nnspec compile SPEC --target T -o DIR        T: a target of nnspec.targets.registry (torch, onnx, ...)
+    nnspec graph SPEC --format dot|svg|png|mermaid|json|text
     nnspec schema                                JSON Schema of specs (for editors)
     nnspec run ARTIFACT_DIR --input name=x.npy
     nnspec bench SPEC --targets torch,onnx --batch 1,8
     nnspec verify SPEC
     nnspec deploy ARTIFACT_DIR --triton REPO_DIR
+    nnspec import-weights SPEC --from THEIRS.safetensors -o OURS.safetensors [--map MAP.yaml]
 
 Exit codes: 0 ok, 1 bad spec (or failed verification), 2 usage, 3 a target's toolchain is missing.
 `check`, `inspect`, `graph`, `schema` and `compile --target torch` never import torch.
@@ -39,14 +40,25 @@ def _load(args, **kw):
     return load(args.spec, args.preset, parse_overrides(args.overrides), **kw)
 
 
-TARGETS = ("torch", "onnx", "trt", "trt-rtx")
+def _targets() -> list[str]:
+    """Target names, from the target registry (the one place that lists them)."""
+    from nnspec.targets.registry import names
+    return names()
+
+
+def _pipeline(target: str | None) -> dict:
+    """`_load` keywords compiling for `target`: its own pass pipeline, and its name for the passes."""
+    if target is None:
+        return {}
+    from nnspec.targets.registry import get
+    return {"passes": list(get(target).pipeline), "target": target}
 
 
 def _target_list(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in TARGETS]
+    bad = [t for t in items if t not in _targets()]
     if bad or not items:
-        raise argparse.ArgumentTypeError(f"unknown target(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TARGETS)}")
+        raise argparse.ArgumentTypeError(f"unknown target(s) {', '.join(bad) or '(none)'}; choose from {', '.join(_targets())}")
     return items
 
 
@@ -94,6 +106,7 @@ def cmd_check(args) -> int:
     """Check each spec: its default params and, unless --preset picks one, every preset too."""
     from nnspec.compiler import load
     from nnspec.compiler.spec.load import load_spec, parse_overrides
+    from nnspec.targets.registry import get as get_target
     bad = 0
     for spec in args.spec:
         try:
@@ -106,13 +119,13 @@ def cmd_check(args) -> int:
         for preset in presets:
             label = f"{spec} --preset {preset}" if preset else spec
             try:
-                program = load(spec, preset, overrides)
+                program = load(spec, preset, overrides, **_pipeline(args.target))
                 msg = f"ok  {label}: {len(list(program.all_nodes()))} nodes"
-                if args.target in ("trt", "trt-rtx"):
-                    from nnspec.targets.tensorrt.lint import lint, render
-                    issues = lint(program, target=args.target)
+                lint = get_target(args.target).lint if args.target else None
+                if lint is not None:  # the target's op-support lint (TensorRT's), where it has one
+                    issues = lint(program)
                     if issues:
-                        print(render(issues), file=sys.stderr)
+                        print(issues.render(), file=sys.stderr)
                         bad += 1
                         continue
                     msg += f", all ops supported by {args.target}"
@@ -125,7 +138,7 @@ def cmd_check(args) -> int:
 
 def cmd_inspect(args) -> int:
     from nnspec.compiler.cost import compare_reported, cost_report, human
-    program = _load(args, dump_after=args.dump_after, dump=print)
+    program = _load(args, dump_after=args.dump_after, dump=print, **_pipeline(args.target))
     if args.dump_after:
         return EXIT_OK
     rep = cost_report(program, args.graph, _dims(args.dim))
@@ -192,7 +205,7 @@ def _collapse(rows, depth: int):
 
 def cmd_compile(args) -> int:
     from nnspec.runtime.compile import compile_artifacts
-    program = _load(args)
+    program = _load(args, **_pipeline(args.target))
     files = compile_artifacts(program, args.target, args.output, weights=args.weights, seed=args.seed,
                               precision=args.precision, workspace_mb=args.workspace_mb, opt_level=args.opt_level)
     for name in files:
@@ -201,14 +214,20 @@ def cmd_compile(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from nnspec.compiler.ir.dump import FORMATS
-    program = _load(args)
-    text = FORMATS[args.format](program.graphs)
+    from nnspec.compiler.ir.dump import render
+    if args.format == "png" and not args.output and sys.stdout.isatty():
+        raise argparse.ArgumentTypeError("--format png writes binary data: pass -o FILE")
+    out = render(_load(args).graphs, args.format)  # svg and png through Graphviz `dot`
+    if out.note:
+        print(f"nnspec graph: {out.note}", file=sys.stderr)
     if args.output:
         from nnspec.runtime.artifacts import atomic_write
-        atomic_write(args.output, text.encode())
+        atomic_write(args.output, out.data)
+    elif out.binary:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(out.data)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(out.data.decode())
     return EXIT_OK
 
 
@@ -268,6 +287,17 @@ def cmd_deploy(args) -> int:
     return EXIT_OK
 
 
+def cmd_import_weights(args) -> int:
+    from nnspec.runtime.import_weights import import_weights, read_map
+    program = _load(args)
+    mapping = None if args.map is None else {} if args.map == "none" else read_map(args.map)
+    renamed = import_weights(program, args.source, args.output, mapping)
+    changed = sum(1 for ours, theirs in renamed.items() if ours != theirs)
+    print(f"{args.output}: {len(renamed)} tensors ({changed} renamed) match {program.spec.name}"
+          + (f" --preset {program.spec.preset}" if program.spec.preset else ""))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nnspec.compiler import __version__
     ap = argparse.ArgumentParser(prog="nnspec", description="Neural-network architectures as YAML specs, compiled to "
@@ -285,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="+", help="spec paths or bundled names")
     p.add_argument("--preset", "-p")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--target", choices=["torch", "onnx", "trt", "trt-rtx"],
-                   help="also lint the spec against a target's op support (trt, trt-rtx)")
+    p.add_argument("--target", choices=_targets(),
+                   help="compile with the target's pass pipeline and lint against its op support (trt, trt-rtx)")
     p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("inspect", help="per-node table of output shapes, params and FLOPs (like torchinfo)")
@@ -296,11 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", action="append", default=[], metavar="SYM=INT", help="value of a symbolic dim (default N=1)")
     p.add_argument("--graph", default="forward", help="entry graph to report (default: forward)")
     p.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (expand, infer_shapes, ...)")
+    p.add_argument("--target", choices=_targets(), help="run this target's pass pipeline (default: the core passes)")
     p.set_defaults(fn=cmd_inspect)
 
     p = sub.add_parser("compile", help="compile a spec to a target artifact directory")
     _spec_args(p)
-    p.add_argument("--target", "-t", required=True, choices=["torch", "onnx", "trt", "trt-rtx"])
+    p.add_argument("--target", "-t", required=True, choices=_targets(),
+                   help="trt: datacenter TensorRT only (exit 3 without it; TensorRT-RTX is --target trt-rtx)")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="artifact directory (created, or replaced as a whole if nnspec wrote it)")
     p.add_argument("--weights", metavar="W.safetensors",
@@ -311,10 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level (0-5)")
     p.set_defaults(fn=cmd_compile)
 
-    p = sub.add_parser("graph", help="draw the IR")
+    p = sub.add_parser("graph", help="draw the IR (svg and png through Graphviz `dot`)")
     _spec_args(p)
-    p.add_argument("--format", "-f", choices=["dot", "svg", "mermaid", "json", "text"], default="text")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to a file instead of stdout")
+    p.add_argument("--format", "-f", choices=["dot", "svg", "png", "mermaid", "json", "text"], default="text",
+                   help="svg/png: drawn by Graphviz, blocks as clusters (svg falls back to a simple layout "
+                        "without Graphviz); dot/mermaid/json/text: text dumps (default text)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to a file (atomically) instead of stdout")
     p.set_defaults(fn=cmd_graph)
 
     p = sub.add_parser("schema", help="print the JSON Schema of specs (for yaml-language-server)")
@@ -323,14 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a compiled artifact on .npy inputs")
     p.add_argument("artifact", metavar="ARTIFACT_DIR")
     p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy")
-    p.add_argument("--target", choices=["torch", "onnx", "trt", "trt-rtx"], help="runner (default: from the manifest)")
+    p.add_argument("--target", choices=_targets(), help="runner (default: from the manifest)")
     p.add_argument("-o", "--output", metavar="OUT.npz", help="save outputs")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("bench", help="latency/throughput of targets side by side")
     _spec_args(p)
     p.add_argument("--targets", type=_target_list, default=["torch", "onnx"],
-                   help="comma-separated: torch,onnx,trt,trt-rtx (default torch,onnx)")
+                   help=f"comma-separated: {','.join(_targets())} (default torch,onnx)")
     p.add_argument("--batch", type=_int_list, default=[1, 8], help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for every target (default 1)")
     p.add_argument("--repeat", type=int, default=20, help="timed runs per target and batch")
@@ -340,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="run every available target on generated inputs and compare")
     _spec_args(p)
-    p.add_argument("--targets", type=_target_list, help="comma-separated subset of torch,onnx,trt,trt-rtx (default: all available)")
+    p.add_argument("--targets", type=_target_list,
+                   help=f"comma-separated subset of {','.join(_targets())} (default: all available)")
     p.add_argument("--tol", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_verify)
@@ -352,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, help="default: the batch dim's max from the spec (capped by an engine's profile)")
     p.add_argument("--force", action="store_true", help="replace an existing, non-empty REPO_DIR/NAME as a whole")
     p.set_defaults(fn=cmd_deploy)
+
+    p = sub.add_parser("import-weights", help="rename a reference implementation's weights for a spec and check them",
+                       description="Read THEIRS.safetensors (e.g. a torchvision or transformers state dict saved with "
+                       "safetensors), rename its keys with the spec's `reference.keys` map (or --map), check every key, "
+                       "shape and dtype against the spec, and write OURS.safetensors for `nnspec compile --weights`.")
+    _spec_args(p)
+    p.add_argument("--from", dest="source", required=True, metavar="THEIRS.safetensors")
+    p.add_argument("-o", "--output", required=True, metavar="OURS.safetensors")
+    p.add_argument("--map", metavar="MAP.yaml", help="a YAML map {their.key.fragment: our.key.fragment} instead of the "
+                   "spec's reference.keys; 'none' keeps the keys as they are")
+    p.set_defaults(fn=cmd_import_weights)
     return ap
 
 

@@ -124,4 +124,5 @@ def save_weights(arrays: dict) -> bytes:
     import numpy as np
     from safetensors.numpy import save
 
-    return save({k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())}, metadata={"format": "nnspec"})
+    # np.asarray(order="C"), not ascontiguousarray: that one turns 0-d arrays (num_batches_tracked) into 1-d
+    return save({k: np.asarray(v, order="C") for k, v in sorted(arrays.items())}, metadata={"format": "nnspec"})

@@ -199,7 +199,7 @@ def test_jinja_globals_and_randomness_are_gone(expr, message):
 def test_environment_has_only_the_documented_functions():
     env = expr_module._ENV
     assert set(env.globals) == {"min", "max", "len", "range", "int", "float", "abs", "sum", "round", "bool",
-                                "str", "list"}
+                                "str", "list", "channels"}
     assert not env.filters and not env.tests
 
 

@@ -199,7 +199,7 @@ def test_input_names_that_shadow_generated_names_are_refused(tmp_path):
         spec = _rename_key(BASE, ("inputs", "x"), bad)
         spec["nodes"]["body"]["in"] = bad
         (tmp_path / "s.yaml").write_text(json.dumps(spec))
-        with pytest.raises(NnspecError, match="name the generated model.py uses"):
+        with pytest.raises(NnspecError, match="name the generated model.py uses|'self' is reserved"):
             load(str(tmp_path / "s.yaml"))
 
 

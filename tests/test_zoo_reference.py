@@ -4,8 +4,6 @@ reference's weights (randomly initialised, never downloaded) copied in through a
 name map, eval-mode outputs must agree to 1e-5."""
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 import torchvision
@@ -13,24 +11,15 @@ from torch import nn
 
 import nnspec.compiler as c
 from nnspec.compiler.cost import cost_report
+from nnspec.runtime.import_weights import rename
 from nnspec.targets.torch.build import build_module
 
 torch.set_num_threads(1)
 
-# torchvision name -> nnspec name. ResNet: the projection shortcut is a block of named nodes.
-RESNET_MAP = [(r"\.downsample\.0\.", ".downsample.conv."), (r"\.downsample\.1\.", ".downsample.bn.")]
-ALEXNET_MAP = [(rf"^{old}\.", f"{new}.") for old, new in (
-    (r"features\.0", "conv1"), (r"features\.3", "conv2"), (r"features\.6", "conv3"), (r"features\.8", "conv4"),
-    (r"features\.10", "conv5"), (r"classifier\.1", "fc6"), (r"classifier\.4", "fc7"), (r"classifier\.6", "fc8"))]
-
-
-def renamed(state: dict, name_map: list) -> dict:
-    out = {}
-    for k, v in state.items():
-        for pat, rep in name_map:
-            k = re.sub(pat, rep, k)
-        out[k] = v
-    return out
+def renamed(state: dict, program) -> dict:
+    """`state` renamed by the spec's own `reference.keys` map (what `nnspec import-weights` applies)."""
+    keys = program.spec.model.reference.keys if program.spec.model.reference else {}
+    return {rename(k, keys): v for k, v in state.items()}
 
 
 def n_params(m: nn.Module) -> int:
@@ -51,12 +40,13 @@ def randomise_norms(model: nn.Module, seed: int) -> None:
                 mod.running_var.copy_(0.5 + torch.rand(c_, generator=g))
 
 
-def ours_with(ref: nn.Module, spec: str, preset=None, name_map=(), **overrides):
-    """The generated module for `spec`, holding `ref`'s weights; both in eval mode."""
+def ours_with(ref: nn.Module, spec: str, preset=None, **overrides):
+    """The generated module for `spec`, holding `ref`'s weights (renamed by the spec's reference key
+    map); both in eval mode."""
     prog = c.load(spec, preset, overrides)
     ours = build_module(prog)
     assert n_params(ours) == n_params(ref) == cost_report(prog).params
-    ours.load_state_dict(renamed(ref.state_dict(), list(name_map)), strict=True)
+    ours.load_state_dict(renamed(ref.state_dict(), prog), strict=True)
     return ours.eval(), ref.eval()
 
 
@@ -74,7 +64,7 @@ def test_resnet_equals_torchvision(preset, size):
     torch.manual_seed(0)
     ref = getattr(torchvision.models, preset)()
     randomise_norms(ref, 1)
-    ours, ref = ours_with(ref, "resnet", preset, RESNET_MAP, image_size=size)
+    ours, ref = ours_with(ref, "resnet", preset, image_size=size)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         y = ours(x)
@@ -117,7 +107,7 @@ def test_cifar_resnet_equals_reference(preset, n):
     torch.manual_seed(0)
     ref = CifarResNet(n)
     randomise_norms(ref, 2)
-    ours, ref = ours_with(ref, "resnet", preset, RESNET_MAP)
+    ours, ref = ours_with(ref, "resnet", preset)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert_same(ours(x), ref(x))
@@ -127,11 +117,11 @@ def test_cifar_resnet_train_mode_matches_reference():
     """Train mode uses batch statistics and updates the running ones, as the reference does."""
     torch.manual_seed(0)
     ref = CifarResNet(3)
-    ours, ref = ours_with(ref, "resnet", "resnet20", RESNET_MAP)
+    ours, ref = ours_with(ref, "resnet", "resnet20")
     ours.train(), ref.train()
     x = torch.randn(4, 3, 32, 32)
     assert_same(ours(x), ref(x))
-    theirs = renamed(ref.state_dict(), RESNET_MAP)
+    theirs = renamed(ref.state_dict(), c.load("resnet", "resnet20"))
     for k, v in ours.state_dict().items():
         assert torch.allclose(v.float(), theirs[k].float(), rtol=1e-5, atol=1e-6), k
 
@@ -140,7 +130,7 @@ def test_cifar_resnet_train_mode_matches_reference():
 def test_alexnet_equals_torchvision():
     torch.manual_seed(0)
     ref = torchvision.models.alexnet()
-    ours, ref = ours_with(ref, "alexnet", "torchvision", ALEXNET_MAP)
+    ours, ref = ours_with(ref, "alexnet", "torchvision")
     assert n_params(ours) == 61_100_840
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():

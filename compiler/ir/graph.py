@@ -43,6 +43,7 @@ class Instance:
     in_refs: list  # [(node_id, port)] bound to in_names
     out_names: list
     out_refs: list  # [(node_id, port)] the instance returns
+    args: dict = field(default_factory=dict)  # evaluated args (the spec's params included; `i` in a repeat)
 
 
 @dataclass(eq=False, slots=True)

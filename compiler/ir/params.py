@@ -6,16 +6,18 @@ nodes) both depend on it and not on each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """A parameter or buffer owned by a node: shape, dtype, initialiser name, buffer flag (immutable,
-    so nodes with equal attributes and inputs may share one)."""
+    """A parameter or buffer owned by a node: shape, dtype, initialiser (`nnspec.compiler.init.Init`:
+    the op's reference default; the node's `init:` and the spec's `init_defaults` take precedence)
+    and buffer flag. Immutable, so nodes with equal attributes and inputs may share one."""
 
     shape: tuple
     dtype: str = "float32"
-    init: str = "default"
+    init: Any = None
     buffer: bool = False
 
     def numel(self) -> int:

@@ -21,6 +21,7 @@ from pydantic import Field
 from ..errors import ShapeError
 from ..ir import dims as D
 from ..ir.dims import TensorType
+from ..init import ZEROS, fan_in_uniform, xavier_uniform
 from ..ir.params import ParamSpec
 from .base import Port, Attrs, Cost, DropP, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
 
@@ -208,12 +209,13 @@ class MultiHeadAttention(Op):
 
     def params(self, a, ins):
         dim = ins[0].shape[2]
-        ps = {"in_proj_weight": ParamSpec((3 * dim, dim))}
+        # nn.MultiheadAttention's _reset_parameters: xavier in_proj, zero biases, out_proj as nn.Linear
+        ps = {"in_proj_weight": ParamSpec((3 * dim, dim), init=xavier_uniform())}
         if a.bias:
-            ps["in_proj_bias"] = ParamSpec((3 * dim,))
-        ps["out_proj.weight"] = ParamSpec((dim, dim))
+            ps["in_proj_bias"] = ParamSpec((3 * dim,), init=ZEROS)
+        ps["out_proj.weight"] = ParamSpec((dim, dim), init=fan_in_uniform(dim))
         if a.bias:
-            ps["out_proj.bias"] = ParamSpec((dim,))
+            ps["out_proj.bias"] = ParamSpec((dim,), init=ZEROS)
         return ps
 
     def cost(self, a, ins, outs):
@@ -312,9 +314,9 @@ class AdditiveAttention(Op):
         return [TensorType((n, dk), keys.dtype), TensorType((n, t), keys.dtype)]
 
     def params(self, a, ins):
-        return {"W_q.weight": ParamSpec((a.hidden, ins[0].shape[1])),
-                "W_k.weight": ParamSpec((a.hidden, ins[1].shape[2])),
-                "v.weight": ParamSpec((1, a.hidden))}
+        return {"W_q.weight": ParamSpec((a.hidden, ins[0].shape[1]), init=fan_in_uniform(ins[0].shape[1])),
+                "W_k.weight": ParamSpec((a.hidden, ins[1].shape[2]), init=fan_in_uniform(ins[1].shape[2])),
+                "v.weight": ParamSpec((1, a.hidden), init=fan_in_uniform(a.hidden))}
 
     def cost(self, a, ins, outs):
         q, keys = ins

@@ -1,11 +1,14 @@
 """Matrix-multiply ops: linear (nn.Linear), embedding (nn.Embedding), batched matmul and scale."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from ..ir import dims as D
 from ..ir.dims import TensorType
 from pydantic import Field
+
+from ..init import fan_in_uniform, normal
 
 from ..ir.params import ParamSpec
 from .base import Port, Attrs, Cost, NoAttrs, Op, Size, TorchCode, broadcast, expect, fmt_args, register, same_dim
@@ -37,13 +40,15 @@ class Linear(Op):
         (x,) = ins
         expect(a.out > 0, f"out={a.out}", "a positive number of output features")
         expect(x.rank >= 1, f"linear input is a scalar ({x})", "rank >= 1: [..., in_features]")
+        expect(x.dtype in FLOAT_DTYPES, f"linear of a {x.dtype} tensor", "a floating-point tensor (cast it first)")
         concrete(x.shape[-1], "the input feature dim (last axis)")
         return [x.with_shape(x.shape[:-1] + (a.out,))]
 
     def params(self, a, ins):
-        ps = {"weight": ParamSpec((a.out, ins[0].shape[-1]))}
+        init = fan_in_uniform(ins[0].shape[-1])  # nn.Linear's reset_parameters, weight and bias alike
+        ps = {"weight": ParamSpec((a.out, ins[0].shape[-1]), init=init)}
         if a.bias:
-            ps["bias"] = ParamSpec((a.out,))
+            ps["bias"] = ParamSpec((a.out,), init=init)
         return ps
 
     def cost(self, a, ins, outs):
@@ -87,7 +92,8 @@ class Embedding(Op):
         return [TensorType(ids.shape + (a.dim,), "float32")]
 
     def params(self, a, ins):
-        return {"weight": ParamSpec((a.num, a.dim))}
+        pad = None if a.padding_idx is None else a.padding_idx % a.num
+        return {"weight": ParamSpec((a.num, a.dim), init=replace(normal(1.0), zero_row=pad))}  # as nn.Embedding
 
     def index_bounds(self, a, ins):
         return {0: a.num}
@@ -127,6 +133,7 @@ class MatMul(Op):
     def infer(self, a, ins):
         x, y = ins
         expect(x.dtype == y.dtype, f"matmul operands have dtypes {x.dtype} and {y.dtype}", "one dtype")
+        expect(x.dtype != "bool", "matmul of bool tensors", "numeric tensors (cast bool masks to float or int first)")
         return [x.with_shape(matmul_shape(x.shape, y.shape))]
 
     def cost(self, a, ins, outs):

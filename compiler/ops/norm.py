@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from pydantic import Field
+from ..init import ONES, ZEROS
 from ..ir.params import ParamSpec
 from .base import Port, Attrs, Eps, Op, Prob, Size, TorchCode, expect, fmt_args, register
 
@@ -60,10 +61,10 @@ class BatchNorm(Op):
 
     def params(self, a, ins):
         c = ins[0].shape[1]
-        ps = {"weight": ParamSpec((c,)), "bias": ParamSpec((c,))} if a.affine else {}
-        ps["running_mean"] = ParamSpec((c,), init="zeros", buffer=True)
-        ps["running_var"] = ParamSpec((c,), init="ones", buffer=True)
-        ps["num_batches_tracked"] = ParamSpec((), dtype="int64", init="zeros", buffer=True)
+        ps = {"weight": ParamSpec((c,), init=ONES), "bias": ParamSpec((c,), init=ZEROS)} if a.affine else {}
+        ps["running_mean"] = ParamSpec((c,), init=ZEROS, buffer=True)
+        ps["running_var"] = ParamSpec((c,), init=ONES, buffer=True)
+        ps["num_batches_tracked"] = ParamSpec((), dtype="int64", init=ZEROS, buffer=True)
         return ps
 
     def to_torch(self, a, ins, m, node):
@@ -125,9 +126,9 @@ class LayerNorm(Op):
         shape = _trailing(ins[0], a.dims, "layer_norm")
         if not a.affine:
             return {}
-        ps = {"weight": ParamSpec(shape, init="ones")}
+        ps = {"weight": ParamSpec(shape, init=ONES)}
         if a.bias:
-            ps["bias"] = ParamSpec(shape, init="zeros")
+            ps["bias"] = ParamSpec(shape, init=ZEROS)
         return ps
 
     def to_torch(self, a, ins, m, node):
@@ -168,7 +169,7 @@ class RMSNorm(Op):
 
     def params(self, a, ins):
         shape = _trailing(ins[0], a.dims, "rms_norm")
-        return {"weight": ParamSpec(shape, init="ones")} if a.affine else {}
+        return {"weight": ParamSpec(shape, init=ONES)} if a.affine else {}
 
     def to_torch(self, a, ins, m, node):
         shape = _trailing(node.outputs[0], a.dims, "rms_norm")
@@ -214,7 +215,7 @@ class GroupNorm(Op):
 
     def params(self, a, ins):
         c = ins[0].shape[1]
-        return {"weight": ParamSpec((c,), init="ones"), "bias": ParamSpec((c,), init="zeros")} if a.affine else {}
+        return {"weight": ParamSpec((c,), init=ONES), "bias": ParamSpec((c,), init=ZEROS)} if a.affine else {}
 
     def to_torch(self, a, ins, m, node):
         kw = {}

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..init import normal
 from ..ir.params import ParamSpec
 from .base import Port, Attrs, DropP, Op, Size, TorchCode, expect, fmt_args, register
 
@@ -71,7 +72,7 @@ class PositionalEncoding(Op):
         return [x]
 
     def params(self, a, ins):
-        return {"weight": ParamSpec((a.max_len, ins[0].shape[2]))} if a.kind == "learned" else {}
+        return {"weight": ParamSpec((a.max_len, ins[0].shape[2]), init=normal(0.02))} if a.kind == "learned" else {}
 
     def to_torch(self, a, ins, m, node):
         kw = {}

@@ -12,12 +12,15 @@ torch decomposes LSTM into addmm and the counter then matches.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 from pydantic import Field
 
 from ..ir import dims as D
 from ..ir.dims import TensorType
+from ..init import uniform
 from ..ir.params import ParamSpec
 from .base import Port, Attrs, Cost, DropP, Op, Size, TorchCode, expect, fmt_args, register, same_dim
 
@@ -47,10 +50,11 @@ def _check_state(t: TensorType, want: tuple, what: str) -> None:
 
 def _cell_params(kind: str, cin: int, hidden: int, bias: bool, suffix: str = "") -> dict:
     g = GATES[kind] * hidden
-    ps = {f"weight_ih{suffix}": ParamSpec((g, cin)), f"weight_hh{suffix}": ParamSpec((g, hidden))}
+    init = uniform(1.0 / math.sqrt(hidden))  # nn.LSTM / GRU / RNN(Cell): every weight and bias U(-k, k)
+    ps = {f"weight_ih{suffix}": ParamSpec((g, cin), init=init), f"weight_hh{suffix}": ParamSpec((g, hidden), init=init)}
     if bias:
-        ps[f"bias_ih{suffix}"] = ParamSpec((g,))
-        ps[f"bias_hh{suffix}"] = ParamSpec((g,))
+        ps[f"bias_ih{suffix}"] = ParamSpec((g,), init=init)
+        ps[f"bias_hh{suffix}"] = ParamSpec((g,), init=init)
     return ps
 
 
@@ -78,12 +82,6 @@ class Sequence(Op):
     Attrs = SeqAttrs
     fusion = "opaque"
     train_dependent = True  # dropout between layers
-    torch_snippets = {"lstm_outputs": '''
-def lstm_outputs(result):
-    """nn.LSTM returns (y, (h, c)); nnspec's lstm node has three outputs (y, h, c)."""
-    y, (h, c) = result
-    return y, h, c
-'''}
 
     @property
     def flop_counter_counts(self) -> bool:
@@ -151,7 +149,9 @@ def lstm_outputs(result):
         if len(ins) > 1:
             c0 = ins[2] if len(ins) > 2 else f"torch.zeros_like({ins[1]})"
             state = f", ({ins[1]}, {c0})"
-        return TorchCode(expr=f"lstm_outputs({m}({ins[0]}{state}))", init=init, helpers=("lstm_outputs",))
+        # nn.LSTM returns (y, (h, c)): one statement unpacks it into the node's three outputs
+        return TorchCode(expr="$y, $h, $c", init=init, stmts=[f"$y, ($h, $c) = {m}({ins[0]}{state})"],
+                         temps=("y", "h", "c"))
 
     def to_onnx(self, a, ins, b, node):
         dirs = self._dirs(a)

@@ -14,6 +14,7 @@ from pydantic import Field
 from ..ir import dims as D
 from ..ir.dims import TensorType
 from ..limits import MAX_DIM
+from ..init import ONES, ZEROS, normal, trunc_normal, uniform
 from ..ir.params import ParamSpec
 from .base import Port, Attrs, Axis, NoAttrs, Op, Size, TorchCode, expect, fmt_args, register, same_dim
 
@@ -408,7 +409,9 @@ class Parameter(Op):
         return [TensorType(tuple(a.shape), "float32")]
 
     def params(self, a, ins):
-        return {"weight": ParamSpec(tuple(a.shape), init=a.fill)}
+        fills = {"normal": lambda: normal(a.std), "trunc_normal": lambda: trunc_normal(a.std),
+                 "uniform": lambda: uniform(a.std), "zeros": lambda: ZEROS, "ones": lambda: ONES}
+        return {"weight": ParamSpec(tuple(a.shape), init=fills[a.fill]())}  # what LearnedTensor draws
 
     def to_torch(self, a, ins, m, node):
         kw = {}

@@ -1,154 +1,27 @@
 """The core passes every pipeline starts with: expand, infer_shapes, resolve_ties, eliminate_dead_code."""
 from __future__ import annotations
 
-from ..errors import NnspecError, ShapeError, SpecError, SpecErrors, quote
+from ..errors import ShapeError, SpecError, SpecErrors
 from ..ir.graph import Graph
-from ..limits import MAX_COLLECTED_ERRORS, MAX_DIM, MAX_PARAMS, MAX_TENSOR_ELEMENTS
+from ..limits import MAX_PARAMS
 from .expand import expand as _expand
-from .manager import Program, register_pass
+from .inference import _BodyFailed, _check_index_ranges, _infer_graph, apply_init_defaults
+from .manager import PassContext, PassResult, Program, register_pass
 
 
 @register_pass("expand")
-def expand(program: Program, ctx) -> dict:
+def expand(program: Program, ctx: PassContext) -> PassResult:
     """Spec -> graphs: evaluate expressions, inline blocks and repeats, build scan bodies."""
     program.graphs = _expand(program.spec)
-    return {"nodes": sum(len(g) for g in program.graphs.values())}
-
-
-class OpBug(NnspecError):
-    """An op's own code failed on input it should have refused with a ShapeError: a bug in that op."""
-
-    kind = "internal error"
-    exit_code = 70
-
-
-def _infer_graph(g: Graph, errors: list) -> None:
-    failed: set = set()
-    # Instances of a repeated block see the same attributes and input types over and over: infer
-    # each combination once. (infer and params depend on nothing else; scan is not memoised.)
-    memo: dict = {}
-    for n in g.topo():
-        if len(errors) >= MAX_COLLECTED_ERRORS:
-            return
-        if n.op == "input":
-            if not n.outputs:  # scan body inputs are typed by their scan
-                failed.add(n.id)
-            else:
-                _check_sizes(n.outputs, {})
-            continue
-        srcs = g.inputs_of(n.id)
-        if any(s in failed for s, _ in srcs):
-            failed.add(n.id)
-            continue
-        ins = n.in_types = [g.node(s).outputs[p] for s, p in srcs]
-        op = n.opdef
-        try:
-            if hasattr(op, "infer_node"):
-                n.outputs = op.infer_node(n, ins, lambda body: _infer_body(body, errors))
-                n.params = op.params(n.attrs, ins)
-            else:
-                key = _memo_key(n, ins)
-                hit = memo.get(key)
-                if hit is None:
-                    hit = memo[key] = list(op.infer(n.attrs, ins)), op.params(n.attrs, ins)
-                    _check_sizes(hit[0], hit[1])
-                n.outputs = list(hit[0])
-                n.params = dict(hit[1])  # ParamSpecs are immutable: shared between equal nodes
-            if not n.out_names or len(n.out_names) != len(n.outputs):
-                names = op.outputs(n.attrs)
-                n.out_names = names if len(names) == len(n.outputs) else [f"out{i}" for i in range(len(n.outputs))]
-            if n.body is not None:
-                _check_sizes(n.outputs, n.params)
-            if n.init:
-                _check_init(n)
-        except ShapeError as e:
-            ins_txt = ", ".join(f"{s}: {t}" for (s, _), t in zip(srcs, ins))
-            errors.append(ShapeError(f"{n.op} '{n.id}': {e.message}", e.loc or n.loc, expected=e.expected,
-                                     hint=e.hint or (f"inputs are {ins_txt}" if ins_txt else None), chain=n.chain))
-            failed.add(n.id)
-        except NnspecError as e:
-            e.loc = e.loc or n.loc
-            e.chain = e.chain or n.chain
-            errors.append(e)
-            failed.add(n.id)
-        except (ArithmeticError, TypeError, ValueError, IndexError, KeyError, AttributeError, RecursionError) as e:
-            # Not the user's fault, but still their spec's node: say where, and that the op is to blame.
-            errors.append(OpBug(f"op '{n.op}' failed on node '{n.id}' ({type(e).__name__}: {quote(str(e))}); this is a "
-                                f"bug in the op's shape inference, please report it with this spec", n.loc, chain=n.chain))
-            failed.add(n.id)
-
-
-def _memo_key(n, ins):
-    # By the attribute object's identity: stamped block instances share theirs (passes/templates.py),
-    # and every Attrs object lives as long as the program, so an id is never reused meanwhile.
-    return (n.op, id(n.attrs), tuple(ins))
-
-
-def _check_sizes(outputs: list, params: dict) -> None:
-    """Concrete dims, per-tensor element counts and parameter shapes stay within compiler/limits.py."""
-    for t in outputs:
-        numel = 1
-        for d in t.shape:
-            if isinstance(d, int):
-                if not 0 <= d <= MAX_DIM:
-                    raise ShapeError(f"dim {d:,} of {t} is out of range", expected=f"dims from 0 to {MAX_DIM:,}")
-                numel *= d
-        if numel > MAX_TENSOR_ELEMENTS:
-            raise ShapeError(f"{t} has {numel:,} elements", expected=f"at most {MAX_TENSOR_ELEMENTS:,} per tensor")
-    for pname, p in params.items():
-        if any(not isinstance(d, int) or not 0 <= d <= MAX_DIM for d in p.shape) or p.numel() > MAX_TENSOR_ELEMENTS:
-            raise ShapeError(f"parameter '{pname}' has shape {list(p.shape)}",
-                             expected=f"concrete dims up to {MAX_DIM:,} and at most {MAX_TENSOR_ELEMENTS:,} elements")
-
-
-def _check_init(n) -> None:
-    """Every `init:` entry names a parameter of the node's op."""
-    for pname in n.init:
-        if pname not in n.params or n.params[pname].buffer:
-            have = ", ".join(k for k, p in n.params.items() if not p.buffer) or "none"
-            raise SpecError(f"init names parameter '{pname}', but {n.op} '{n.id}' has no such parameter",
-                            n.init_loc or n.loc, chain=n.chain, expected=f"one of its parameters: {have}")
-
-
-def _check_index_ranges(g: Graph) -> None:
-    """A declared input `range: [low, high)` that feeds an index stays inside what it indexes:
-    `range: [0, 1000]` into an embedding of 256 rows would make every generated input fail."""
-    for n in g.inputs():
-        rng = n.attrs.range
-        if not rng or not n.outputs:
-            continue
-        lo, hi = rng
-        for dst, slot, _ in g.users(n.id):
-            user = g.node(dst)
-            size = user.opdef.index_bounds(user.attrs, g.input_types(dst)).get(slot)
-            if size is None:
-                continue
-            if isinstance(hi, str) and isinstance(size, int):  # [0, V]: V may grow to its declared max
-                hi_max = (g.symbols.get(hi) or {}).get("max")
-                too_wide = hi_max is None or hi_max > size
-            elif isinstance(size, str):  # a symbolic size: [0, V] into V, or a number below V's min
-                too_wide = hi != size and not (isinstance(hi, (int, float)) and
-                                               hi <= (g.symbols.get(size) or {}).get("min", 1))
-            else:
-                too_wide = hi > size
-            if too_wide or (isinstance(lo, (int, float)) and lo < 0):
-                raise SpecError(f"input '{n.id}' has range [{lo}, {hi}) but indexes {user.op} '{user.id}', which has "
-                                f"{size} entries", n.loc, expected=f"a range inside [0, {size}), e.g. range: [0, {size}]")
-
-
-class _BodyFailed(ShapeError):
-    pass
-
-
-def _infer_body(body: Graph, errors: list) -> None:
-    before = len(errors)
-    _infer_graph(body, errors)
-    if len(errors) > before:
-        raise _BodyFailed("its body has errors (reported above)")
+    # Every node is new. `added` counts scan bodies too, `nodes` the entry graphs only. (The walk
+    # computes the topological orders infer_shapes reads next; they stay cached, so it costs nothing.)
+    added = sum(len(g) for g in program.all_graphs())
+    top = sum(len(g) for g in program.graphs.values())
+    return PassResult(added=added, summary={"nodes": top, "graphs": list(program.graphs)})
 
 
 @register_pass("infer_shapes", requires=("expand",), changes=("types", "params"))
-def infer_shapes(program: Program, ctx) -> dict:
+def infer_shapes(program: Program, ctx: PassContext) -> PassResult:
     """Infer every node's output types and parameter shapes, in topological order.
 
     1. Each op's `infer` receives its input types and returns output types, or raises ShapeError,
@@ -164,15 +37,17 @@ def infer_shapes(program: Program, ctx) -> dict:
         raise errors[0] if len(errors) == 1 else SpecErrors(errors)
     for g in program.graphs.values():
         _check_index_ranges(g)
+    apply_init_defaults(program)
     total = sum(p.numel() for n in program.all_nodes() for k, p in n.params.items() if k not in n.ties)
     if total > MAX_PARAMS:
         raise ShapeError(f"the program has {total:,} parameters and buffers", program.spec.loc(("nodes",), key=True),
                          expected=f"at most {MAX_PARAMS:,}")
-    return {}
+    # Types and parameter shapes are filled in, not changed: nothing counts as rewritten.
+    return PassResult(summary={"params": total})
 
 
 @register_pass("resolve_ties", requires=("infer_shapes",), changes=("params",))
-def resolve_ties(program: Program, ctx) -> dict:
+def resolve_ties(program: Program, ctx: PassContext) -> PassResult:
     """Resolve `tie: {param: node.param}` and `share: node` to the owning parameter.
 
     1. `share: other` ties every parameter to `other`'s parameter of the same name.
@@ -180,6 +55,17 @@ def resolve_ties(program: Program, ctx) -> dict:
     """
     by_id = {n.id: n for n in program.all_nodes()}
     count = 0
+    tied_nodes = set()
+
+    def split(target: str) -> tuple[str, str]:
+        """`layer.0.attn.out_proj.weight` -> (`layer.0.attn`, `out_proj.weight`): the longest node
+        id that has the rest as a parameter (ops with torch submodules have dotted parameter names)."""
+        parts = target.split(".")
+        for k in range(len(parts) - 1, 0, -1):
+            nid, pname = ".".join(parts[:k]), ".".join(parts[k:])
+            if nid in by_id and pname in by_id[nid].params:
+                return nid, pname
+        return target.rpartition(".")[0], target.rpartition(".")[2]
 
     def owner(n, nid: str, pname: str, seen: set):
         # Iterative: a chain of thousands of ties must not exhaust the Python stack.
@@ -194,7 +80,7 @@ def resolve_ties(program: Program, ctx) -> dict:
             if tgt is None:
                 return nid, pname
             seen.add((nid, pname))
-            nid, _, pname = tgt.rpartition(".")
+            nid, pname = split(tgt)
 
     for n in by_id.values():  # `share:` first, so chains can pass through sharing nodes
         if "*" in n.ties:
@@ -205,7 +91,7 @@ def resolve_ties(program: Program, ctx) -> dict:
             n.ties.update({p: f"{tid}.{p}" for p in n.params})
     for n in by_id.values():
         for pname, target in list(n.ties.items()):
-            tid, _, tp = target.rpartition(".")
+            tid, tp = split(target)
             if pname not in n.params:
                 raise SpecError(f"'{n.id}' ties '{pname}' but its op {n.op} has no such parameter", n.loc,
                                 chain=n.chain, expected=f"one of: {', '.join(n.params) or '(none)'}")
@@ -220,7 +106,18 @@ def resolve_ties(program: Program, ctx) -> dict:
                                 n.loc, chain=n.chain, expected="parameters of equal shape")
             n.ties[pname] = f"{oid}.{op_}"
             count += 1
-    return {"ties": count}
+            tied_nodes.add(n.id)
+    return PassResult(rewritten=len(tied_nodes), summary={"ties": count})
+
+
+def owner_of(target: str, ids) -> str:
+    """The node of a tie target `node.param.path`: its longest prefix that is a node id (parameter
+    names of ops with torch submodules are dotted themselves, `out_proj.weight`)."""
+    parts = target.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:k]) in ids:
+            return ".".join(parts[:k])
+    return target.rpartition(".")[0]
 
 
 def _dce(g: Graph, keep: set) -> list:
@@ -245,10 +142,11 @@ def _dce(g: Graph, keep: set) -> list:
 
 
 @register_pass("eliminate_dead_code", requires=("expand",))
-def eliminate_dead_code(program: Program, ctx) -> dict:
+def eliminate_dead_code(program: Program, ctx: PassContext) -> PassResult:
     """Remove nodes no graph output depends on (nodes whose parameters others tie to are kept)."""
-    keep = {t.rpartition(".")[0] for n in program.all_nodes() for t in n.ties.values()}
+    ids = {n.id for n in program.all_nodes()}
+    keep = {owner_of(t, ids) for n in program.all_nodes() for t in n.ties.values()}
     removed = []
     for g in program.graphs.values():
         removed += _dce(g, keep)
-    return {"removed": sorted(removed)}
+    return PassResult(removed=len(removed), summary={"removed": sorted(removed)})

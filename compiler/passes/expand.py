@@ -28,9 +28,10 @@ from ..ir.dims import TensorType
 from ..ir.graph import Graph, Instance, Node, Scope
 from ..ops import registry
 from ..ops.describe import field_text
-from ..spec.expr import ExprError, evaluate
+from ..spec.expr import ExprError, evaluate, names_in
 from ..spec.load import LoadedSpec
 from ..spec.names import problem
+from .inference import infer_now
 from .templates import Templates
 from ..spec.models import BLOCK_NODE_KEYS, COMMON_NODE_KEYS, SCAN_NODE_KEYS, ArgSpec, BlockNode, ScanNode
 
@@ -42,6 +43,13 @@ class _Poison:
 
 
 POISON = _Poison()
+
+
+@dataclass
+class Dropped:
+    """Stands for a node that `when:` removed, so a reference to it can say why it is missing."""
+
+    when: object  # Location of its `when:`
 
 
 @dataclass
@@ -60,6 +68,7 @@ class Ctx:
     env: dict  # value name -> Binding | POISON
     depth: int = 0
     last: str | None = None  # the previous value: the input of a node that omits `in`
+    graph: Graph | None = None  # the graph the nodes go into (tensor names read their types from it)
 
 
 class _Skip(Exception):
@@ -98,9 +107,39 @@ class Expander:
 
     def ev(self, value, path: tuple, ctx: Ctx):
         try:
-            return evaluate(value, ctx.names)
+            return evaluate(value, self.names_for(value, ctx, path))
         except ExprError as e:
             self.fail(str(e), path, ctx)
+
+    def names_for(self, value, ctx: Ctx, path: tuple) -> dict:
+        """`ctx.names`, plus each tensor (input or node) the expressions in `value` read by name,
+        as {shape, dtype, rank}: `${x.shape[1]}`, `${channels(x)}`. Params and args win over
+        tensors of the same name."""
+        if not (isinstance(value, (list, dict)) or (isinstance(value, str) and "${" in value)):
+            return ctx.names
+        tensors = [n for n in (names_in(value) or ()) if n not in ctx.names and isinstance(ctx.env.get(n), Binding)]
+        if not tensors:
+            return ctx.names
+        names = dict(ctx.names)
+        for n in tensors:
+            t = self.type_of(ctx, ctx.env[n].refs[0], n, path)
+            names[n] = {"shape": list(t.shape), "dtype": t.dtype, "rank": t.rank}
+        return names
+
+    def input_types(self, ctx: Ctx, refs: list, path: tuple) -> list:
+        try:
+            return [infer_now(ctx.graph, r) for r in refs]
+        except NnspecError:
+            raise TypeError from None  # untypeable inputs: no template key (expansion reports the error)
+
+    def type_of(self, ctx: Ctx, ref: tuple, name: str, path: tuple) -> TensorType:
+        """The type of value `ref` while expanding: shape inference run on demand over the nodes it
+        depends on (infer_shapes types every node again afterwards)."""
+        try:
+            return infer_now(ctx.graph, ref)
+        except NnspecError as e:
+            self.fail(f"cannot read the shape of '{name}': {e.message}", path, ctx,
+                      hint="shapes can be read from inputs and from nodes whose own inputs have known shapes")
 
     def resolve(self, ref, path: tuple, ctx: Ctx):
         if not (type(ref) is str and "${" not in ref):  # most references are plain names
@@ -114,6 +153,10 @@ class Expander:
                       if not close else None, hint=f"did you mean {', '.join(close)}?" if close else
                       "a node can only use inputs and nodes defined before it")
         b = ctx.env[name]
+        if isinstance(b, Dropped):
+            where = f" (at {b.when})" if b.when else ""
+            self.fail(f"'{name}' is not in the graph here: its `when:` condition is false{where}", path, ctx,
+                      hint="make this reference conditional too, e.g. in: \"${'a' if cond else 'b'}\"")
         if b is POISON:
             raise _Skip
         if not sub:
@@ -196,7 +239,7 @@ class Expander:
                 env[iname] = Binding([(iname, 0)], ["out"])
             except _Skip:
                 env[iname] = POISON
-        ctx = Ctx(base + ("nodes",), "", (), [], dict(self.spec.params), env, last=next(iter(inputs), None))
+        ctx = Ctx(base + ("nodes",), "", (), [], dict(self.spec.params), env, last=next(iter(inputs), None), graph=g)
         self.nodes(g, nodes, ctx)
         out_items = outputs.items() if isinstance(outputs, dict) else [(o, o) for o in outputs]
         for oname, ref in out_items:
@@ -217,6 +260,7 @@ class Expander:
                 if not isinstance(raw, dict):
                     self.fail(f"node '{local}' must be a mapping", path, ctx, expected="{op: ..., in: ...}")
                 if "when" in raw and not self.ev(raw["when"], path + ("when",), ctx):
+                    ctx.env[local] = Dropped(self.loc(path + ("when",)))
                     continue
                 if "op" in raw:
                     ctx.env[local] = self.op_node(g, local, raw, path, ctx)
@@ -283,7 +327,7 @@ class Expander:
                 self.fail("tie must map own params to 'node.param'", path + ("tie",), ctx,
                           expected="e.g. tie: {weight: embed.weight}")
             for k, v in tie.items():
-                why = problem(k) or problem(v, "path") or (None if isinstance(v, str) and "." in v else
+                why = problem(k, "path") or problem(v, "path") or (None if isinstance(v, str) and "." in v else
                                                             "a parameter of another node is 'node.param'")
                 if why:
                     self.fail(f"tie {quote(k)}: {quote(v)}: {why}", path + ("tie", k), ctx,
@@ -344,7 +388,8 @@ class Expander:
 
     def _args(self, bname: str, block, raw_args, path: tuple, ctx: Ctx, extra: dict) -> dict:
         names = {**ctx.names, **extra}
-        given = {k: self.ev(v, path + ("args", k), Ctx(path, "", (), ctx.chain, names, {})) for k, v in (raw_args or {}).items()}
+        given = {k: self.ev(v, path + ("args", k), Ctx(path, "", (), ctx.chain, names, ctx.env, graph=ctx.graph))
+                 for k, v in (raw_args or {}).items()}
         out = dict(self.spec.params)
         for k in given:
             if k not in block.args:
@@ -370,17 +415,17 @@ class Expander:
         if len(inputs) != len(in_names):
             self.fail(f"block '{bname}' takes {len(in_names)} inputs ({', '.join(in_names)}), got {len(inputs)}",
                       path + ("in",), ctx, key=True, expected=f"in: [{', '.join(in_names)}]")
-        key = self.templates.key(bname, args) if self.use_templates else None
+        key = self.templates.key(bname, args, lambda: self.input_types(ctx, inputs, path)) if self.use_templates else None
         template = self.templates.made.get(key) if key is not None else None
         if template is not None:  # an earlier instance read the same values: stamp a copy of it
             self.bump(len(template.nodes), path, ctx)
             refs, names = self.templates.stamp(template, g, prefix, list(inputs), scope, ctx.chain)
-            g.instances[prefix[:-1]] = Instance(bname, in_names, list(inputs), names, refs)
+            g.instances[prefix[:-1]] = Instance(bname, in_names, list(inputs), names, refs, args)
             return Binding(refs, names)
         env = {n: Binding([r], ["out"]) for n, r in zip(in_names, inputs)}
         chain = ctx.chain + [Frame(bname, inst, self.loc(path, key=True))]
         bctx = Ctx(("blocks", bname, "nodes"), prefix, scope, chain, args, env, ctx.depth + 1,
-                   last=in_names[0] if in_names else None)
+                   last=in_names[0] if in_names else None, graph=ctx.graph)
         mark, errors = len(self.added), len(self.errors)
         self.nodes(g, block.nodes, bctx)
         outs = block.out
@@ -391,12 +436,22 @@ class Expander:
             names.append(oname.split(".")[0] if oname == ref else oname)
         if key is not None and len(self.errors) == errors:
             self.templates.record(key, g, self.added[mark:], prefix, list(inputs), scope, len(ctx.chain), refs, names)
-        g.instances[prefix[:-1]] = Instance(bname, in_names, list(inputs), names, refs)
+        g.instances[prefix[:-1]] = Instance(bname, in_names, list(inputs), names, refs, args)
         return Binding(refs, names)
 
     def block_node(self, g: Graph, local: str, raw: dict, path: tuple, ctx: Ctx) -> Binding:
         bname, block = self._block(raw, "block", path, ctx, BLOCK_NODE_KEYS)
-        inputs = self.refs(raw.get("in"), path + ("in",), ctx, implicit=1)
+        in_names = [block.in_] if isinstance(block.in_, str) else list(block.in_)
+        # `const: {mask: mask}` binds block inputs to one value for every instance of a repeat; the
+        # other inputs chain from one instance's outputs to the next.
+        const = {}
+        for k, v in (raw.get("const") or {}).items():
+            if k not in in_names:
+                self.fail(f"'{k}' is not an input of block '{bname}'", path + ("const", k), ctx, key=True,
+                          expected=f"one of: {', '.join(in_names)}")
+            const[k] = self.resolve(v, path + ("const", k), ctx)
+        chained = [k for k in in_names if k not in const]
+        inputs = self.refs(raw.get("in"), path + ("in",), ctx, implicit=1 if chained else 0)
         repeated = "repeat" in raw
         n = self.ev(raw.get("repeat", 1), path + ("repeat",), ctx)
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_REPEAT:
@@ -413,10 +468,16 @@ class Expander:
             else:
                 scope = ctx.scope + (Scope(local, bname),)
                 prefix = f"{ctx.prefix}{local}."
-            binding = self._instance(g, bname, block, binding.refs, args, prefix, scope, path, ctx, prefix[:-1])
+            fed = iter(binding.refs)
+            full = [const[k] if k in const else next(fed, None) for k in in_names] if const else binding.refs
+            if any(r is None for r in full):
+                self.fail(f"block '{bname}' needs inputs {', '.join(chained)} besides its const ones, got "
+                          f"{len(binding.refs)}", path + ("in",), ctx, key=True, expected=f"in: [{', '.join(chained)}]")
+            binding = self._instance(g, bname, block, full, args, prefix, scope, path, ctx, prefix[:-1])
             if repeated and i + 1 < n and len(binding.refs) != len(inputs):
-                self.fail(f"block '{bname}' is repeated but has {len(inputs)} inputs and {len(binding.refs)} outputs",
-                          path + ("repeat",), ctx, expected="as many outputs as inputs, so instances chain")
+                self.fail(f"block '{bname}' is repeated but has {len(inputs)} chained inputs and {len(binding.refs)} "
+                          "outputs", path + ("repeat",), ctx,
+                          expected="as many outputs as inputs that are not const, so instances chain")
         return binding
 
     def scan_node(self, g: Graph, local: str, raw: dict, path: tuple, ctx: Ctx) -> Binding:
@@ -446,7 +507,7 @@ class Expander:
             benv[k] = Binding([(f"{prefix}{k}", 0)], ["out"])
         chain = ctx.chain + [Frame(bname, prefix[:-1], self.loc(path, key=True))]
         bctx = Ctx(("blocks", bname, "nodes"), prefix, (), chain, args, benv, ctx.depth + 1,
-                   last=in_names[0] if in_names else None)
+                   last=in_names[0] if in_names else None, graph=body)
         self.nodes(body, block.nodes, bctx)
         outs = block.out
         items = [(outs, outs)] if isinstance(outs, str) else [(o, o) for o in outs] if isinstance(outs, list) else list(outs.items())

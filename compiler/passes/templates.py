@@ -28,7 +28,7 @@ _INPUT, _LOCAL = 0, 1  # where an edge comes from: the instance's k-th input, or
 class Template:
     nodes: list  # [(proto Node, relative id, [(where, ref, port)] per slot, frames index, relative scope)]
     frames: list  # distinct instantiation chains below the instance, as [(block, relative instance, loc)]
-    instances: list  # [(relative key, block, in_names, in_refs, out_names, out_refs)], refs as (where, ref, port)
+    instances: list  # [(relative key, block, in_names, in_refs, out_names, out_refs, args)], refs as (where, ref, port)
     out_refs: list  # [(where, ref, port)]
     out_names: list
 
@@ -48,7 +48,9 @@ class Templates:
         self.reads: dict = {}  # block -> names its body's expressions read (None: unknown, never templated)
         self.made: dict = {}  # key -> Template (None: this key cannot be templated)
 
-    def key(self, bname: str, names: dict):
+    def key(self, bname: str, names: dict, input_types):
+        """The template key of an instance of `bname` expanded with `names`; `input_types()` gives
+        its inputs' types, which join the key when the body reads tensors (`${channels(x)}`)."""
         if bname not in self.reads:
             block = self.blocks[bname]
             self.reads[bname] = names_in([block.nodes, block.out])
@@ -57,6 +59,8 @@ class Templates:
             return None
         try:
             key = (bname,) + tuple((n, _freeze(names[n])) for n in sorted(reads) if n in names)
+            if any(n not in names for n in reads):  # a tensor's shape, or an undefined name (an error)
+                key += (tuple(str(t) for t in input_types()),)
             hash(key)
         except TypeError:
             return None
@@ -90,7 +94,7 @@ class Templates:
             frames = [[(fr.block, fr.instance[len(prefix):] if fr.instance.startswith(prefix) else None, fr.loc)
                        for fr in chains[i][chain_len:]] for i in range(len(frame_ids))]
             insts = [(k[len(prefix):], i.block, i.in_names, [rel(r) for r in i.in_refs], i.out_names,
-                      [rel(r) for r in i.out_refs])
+                      [rel(r) for r in i.out_refs], i.args)
                      for k, i in g.instances.items() if k.startswith(prefix)]
             self.made[key] = Template(nodes, frames, insts, [rel(r) for r in out_refs], list(out_names))
         except LookupError:
@@ -114,7 +118,7 @@ class Templates:
             for slot, r in enumerate(ins):
                 src, port = ref(r)
                 g.connect(src, port, n.id, slot)
-        for rkey, block, in_names, in_refs, out_names, out_refs in template.instances:
+        for rkey, block, in_names, in_refs, out_names, out_refs, args in template.instances:
             g.instances[prefix + rkey] = Instance(block, list(in_names), [ref(r) for r in in_refs], list(out_names),
-                                                  [ref(r) for r in out_refs])
+                                                  [ref(r) for r in out_refs], args)
         return [ref(r) for r in template.out_refs], list(template.out_names)

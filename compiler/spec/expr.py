@@ -45,6 +45,7 @@ from jinja2.exceptions import TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from . import expr_lists
 from .expr_values import (_BINOPS, _FUNCTION_IDS, _FUNCTIONS, _MAX_DEPTH, _MAX_INT_BITS, _MAX_SEQ, _NESTS, _UNOPS,
                           ExprError, _a, _checked, _defined, _kind, _plain, _short, _show, _str)
 
@@ -320,6 +321,34 @@ def has_expr(value) -> bool:
     return isinstance(value, str) and "${" in value
 
 
+@lru_cache(maxsize=4096)
+def _names_in_text(text: str) -> frozenset | None:
+    found: set = set()
+    for m in _EXPR.finditer(text):
+        names = _expr_names(m.group(1).strip())
+        if names is None:
+            return None
+        found |= names
+    return frozenset(found)
+
+
+def _expr_names(expr: str) -> set | None:
+    """Names one expression reads (a comprehension's loop variable is its own, not read)."""
+    try:
+        lists = expr_lists.plan(expr)
+        tree = _parse(lists.text)
+    except ExprError:
+        return None
+    found = {n.name for n in [tree, *tree.find_all(nodes.Name)] if isinstance(n, nodes.Name)}
+    found -= {part.placeholder for part in lists.parts} | set(_FUNCTIONS)  # callees are not values read
+    for part in lists.parts:
+        pieces = [_expr_names(x) for x in (part.iterable, part.item, part.condition or "0")]
+        if None in pieces:
+            return None
+        found |= pieces[0] | ((pieces[1] | pieces[2]) - {part.var})
+    return found
+
+
 def names_in(value) -> set | None:
     """The names the `${...}` expressions inside `value` (nested lists and dicts too) read, or None
     when one of them does not compile (its evaluation will report the error)."""
@@ -328,12 +357,11 @@ def names_in(value) -> set | None:
     while stack:
         v = stack.pop()
         if isinstance(v, str):
-            for m in _EXPR.finditer(v):
-                try:
-                    tree = _parse(m.group(1).strip())
-                except ExprError:
+            if "${" in v:
+                names = _names_in_text(v)
+                if names is None:
                     return None
-                found.update(n.name for n in [tree, *tree.find_all(nodes.Name)] if isinstance(n, nodes.Name))
+                found |= names
         elif isinstance(v, list):
             stack.extend(v)
         elif isinstance(v, dict):
@@ -344,6 +372,15 @@ def names_in(value) -> set | None:
 
 def eval_expr(expr: str, names: dict):
     expr = expr.strip()
+    try:
+        lists = expr_lists.plan(expr)
+    except ExprError as e:
+        raise _in(expr, str(e)) from None
+    if lists.parts:  # list comprehensions, built first and bound to placeholder names
+        scope = dict(names)
+        for part in lists.parts:
+            scope[part.placeholder] = expr_lists.build(part, names, eval_expr)
+        expr, names = lists.text, scope
     run = _compiled(expr)
     if isinstance(run, str):
         raise ExprError(run)

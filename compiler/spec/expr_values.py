@@ -193,8 +193,15 @@ def _list(value=()):
     return list(value)
 
 
+def _channels(value):
+    """channels(x): axis 1 of a tensor's shape (the expander gives tensors as {shape, dtype, rank})."""
+    if type(value) is not dict or type(value.get("shape")) is not list or len(value["shape"]) < 2:
+        raise ExprError(f"channels() takes a tensor of rank >= 2 (a node or input name), not {_a(value)}")
+    return value["shape"][1]
+
+
 _FUNCTIONS = {"min": min, "max": max, "len": len, "range": _range, "int": _int, "float": _float, "abs": abs,
-              "sum": _sum, "round": _round, "bool": bool, "str": _str, "list": _list}
+              "sum": _sum, "round": _round, "bool": bool, "str": _str, "list": _list, "channels": _channels}
 _FUNCTION_IDS = frozenset(id(f) for f in _FUNCTIONS.values())  # identity: a param may shadow a name
 
 

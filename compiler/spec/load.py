@@ -63,6 +63,7 @@ class LoadedSpec:
     preset: str | None = None
     overrides: dict = field(default_factory=dict)
     block_sources: dict = field(default_factory=dict)  # block name -> Source it was written in
+    init_defaults: dict = field(default_factory=dict)  # op -> {param: Init}, from `init_defaults:`
 
     @property
     def name(self) -> str:
@@ -335,7 +336,39 @@ def load_spec(spec: str | Path, preset: str | None = None, overrides: dict | Non
             resolved[k] = evaluate(v, resolved)
         except ExprError as e:
             raise SpecError(f"param '{k}': {e}", origin.get(k)) from None
-    return LoadedSpec(file, src, model, resolved, preset, dict(overrides), block_sources)
+    return LoadedSpec(file, src, model, resolved, preset, dict(overrides), block_sources,
+                      _init_defaults(model, src))
+
+
+def _init_defaults(model: SpecModel, src: Source) -> dict:
+    """`init_defaults: {linear: {normal: {std: 0.02}}, embedding: {weight: ...}}` parsed: an op's
+    initialiser (for its `weight`) or a map of its parameters to initialisers."""
+    from ..init import INITIALISERS, InitError, parse_init
+    from ..ops import registry
+
+    out = {}
+    for op, value in model.init_defaults.items():
+        loc = src.loc(("init_defaults", op), key=True)
+        if op not in registry() or op in ("input", "scan"):
+            close = difflib.get_close_matches(op, list(registry()), n=3)
+            raise SpecError(f"init_defaults names unknown op {quote(op)}", loc,
+                            hint=f"did you mean {', '.join(close)}?" if close else "`nnspec schema` lists every op")
+        is_init = isinstance(value, str) or (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in INITIALISERS)
+        per_param = {"weight": value} if is_init else value
+        if not isinstance(per_param, dict) or not per_param:
+            raise SpecError(f"init_defaults of '{op}' is {quote(value)}", src.loc(("init_defaults", op)),
+                            expected="an initialiser, e.g. {normal: {std: 0.02}}, or {weight: ..., bias: zeros}")
+        out[op] = {}
+        for pname, spec in per_param.items():
+            why = problem(str(pname), "path")
+            if why:
+                raise SpecError(f"init_defaults of '{op}' names parameter {quote(pname)}: {why}", loc)
+            try:
+                out[op][pname] = parse_init(spec)
+            except InitError as e:
+                raise SpecError(f"init_defaults of '{op}', parameter '{pname}': {e.message}",
+                                src.loc(("init_defaults", op) + (() if is_init else (pname,))), expected=e.expected) from None
+    return out
 
 
 def _check_io_names(model: SpecModel, src: Source) -> None:

@@ -118,6 +118,21 @@ class GraphSpec(_Model):
     doc: Optional[Text] = None
 
 
+class Reference(_Model):
+    """The implementation a spec reproduces, and how its state-dict keys map onto the spec's.
+
+    `module` (and per preset `presets`) is the dotted path of a callable that builds the reference
+    without weights (`torchvision.models.resnet50`); nnspec never imports it, tests and benchmarks
+    do. `keys` maps a dotted fragment of their keys to ours, matched at whole segments anywhere in
+    a key (`downsample.0: downsample.conv` turns `layer1.0.downsample.0.weight` into
+    `layer1.0.downsample.conv.weight`); `nnspec import-weights` applies it."""
+
+    module: Optional[PathName] = None
+    presets: dict[Name, PathName] = {}
+    keys: dict[PathName, PathName] = {}
+    doc: Optional[Text] = None
+
+
 class SpecModel(_Model):
     nnspec: Literal[1]
     name: Name
@@ -133,6 +148,8 @@ class SpecModel(_Model):
     nodes: dict[AttrName, dict[str, Any]]
     outputs: Outputs
     graphs: dict[GraphName, GraphSpec] = {}
+    reference: Optional[Reference] = None
+    init_defaults: dict[Name, Any] = {}  # op -> initialiser of its weight, or {param: initialiser}
     notes: Optional[Text] = None
 
 
@@ -141,6 +158,7 @@ class BlockNode(_Model):
 
     block: str
     in_: Optional[Ref] = Field(None, alias="in")
+    const: dict[str, str] = {}  # block inputs fed the same value by every instance of a repeat
     args: dict[str, Any] = {}
     repeat: Union[int, str] = 1
     when: Optional[Union[bool, str]] = None

@@ -86,6 +86,8 @@ def problem(name, kind: str = "name") -> str | None:
         return f"'{name}' is a Python keyword"
     if name.startswith("__"):
         return "names starting with '__' are reserved"
+    if name == "self":  # the generated methods' own first argument, and the expression evaluator's
+        return "'self' is reserved"
     if kind == "attr" and name in MODULE_MEMBERS:
         return f"'{name}' is a member of torch.nn.Module, which the generated module would lose"
     if kind == "arg" and (name in GENERATED_NAMES or name in helper_names()):

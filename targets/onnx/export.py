@@ -23,11 +23,10 @@ PROTOBUF_LIMIT = 2 * 1024 ** 3
 
 
 def torch_weights(program, seed: int = 0) -> dict:
-    """State dict of the generated torch module built from `seed`, as numpy arrays."""
-    from nnspec.targets.torch.build import build_module
+    """The weights every target starts from for `seed`: drawn from the IR with numpy (no torch)."""
+    from nnspec.targets.initialise import initial_weights
 
-    m = build_module(program, seed)
-    return {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
+    return initial_weights(program, seed)
 
 
 def to_onnx_model(program, weights: dict | None = None, seed: int = 0, for_trt: bool = False,

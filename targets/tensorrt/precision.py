@@ -22,7 +22,7 @@ def _convert_array(arr: np.ndarray, precision: str):
     if precision == "fp16":
         return numpy_helper.from_array(arr.astype(np.float16))
     # bfloat16: round-to-nearest-even on the float32 bit pattern, stored as raw 16-bit words.
-    bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = np.asarray(arr, dtype=np.float32, order="C").view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     t = onnx.TensorProto()
     t.data_type = TensorProto.BFLOAT16
