@@ -91,6 +91,17 @@ def triton_config(name: str, platform: str, inputs: list, outputs: list, max_bat
     return text
 
 
+def _external_files(src: Path, man: dict, model_file: str) -> set:
+    """The files an artifact's ONNX model reads its external data from (each a plain name listed in
+    the manifest: copy_verified checks that)."""
+    import onnx
+
+    from nnspec.targets.files import read_verified
+    from nnspec.targets.onnx.target import external_locations
+
+    return external_locations(onnx.load_model_from_string(read_verified(src, man, model_file)))
+
+
 def deploy_triton(artifact_dir, repo_dir, model_name: str | None = None, max_batch_size: int | None = None,
                   dynamic_batching: bool = True, platform: str | None = None, force: bool = False) -> Path:
     """Write a Triton model repository entry for a compiled artifact; returns the model folder.
@@ -136,7 +147,7 @@ def deploy_triton(artifact_dir, repo_dir, model_name: str | None = None, max_bat
         atomic_write(tmp / "config.pbtxt", config)
         (tmp / "1").mkdir()
         copy_verified(src, man, model_src, tmp / "1" / fname)
-        data = model_src + ".data"
-        if platform == "onnx" and data in files:  # external initializers, beside the model as it names them
-            copy_verified(src, man, data, tmp / "1" / "model.onnx.data")
+        if platform == "onnx":  # the weights file its initializers point into, beside it as it names it
+            for name_ in sorted(_external_files(src, man, model_src)):
+                copy_verified(src, man, name_, tmp / "1" / name_)
     return repo / name

@@ -162,23 +162,20 @@ def test_planted_symlinks_are_not_followed(tmp_path, capsys):
     assert not (version / "model.onnx").is_symlink() and not (version / ".model.onnx.data.tmp").exists()
 
 
-def test_deploy_copies_external_data_without_following_links(tmp_path, monkeypatch, capsys):
-    import nnspec.targets.onnx.export as export
+def test_deploy_copies_external_weights_without_following_links(tmp_path, capsys):
     from nnspec.targets.onnx.runner import ort_session
 
-    monkeypatch.setattr(export, "compile_onnx", functools.partial(export.compile_onnx, external_threshold=1))
     art, repo = tmp_path / "art", tmp_path / "repo"
     assert main(["compile", SPEC, "--target", "onnx", "-o", str(art)]) == 0
-    assert "model.onnx.data" in json.loads((art / "manifest.json").read_text())["files"]
     (repo / "mini_conv" / "1").mkdir(parents=True)
     victim = _victim(tmp_path / "victim")
-    (repo / "mini_conv" / "1" / ".model.onnx.data.tmp").symlink_to(victim)
-    (repo / "mini_conv" / "1" / "model.onnx.data").symlink_to(victim)
+    (repo / "mini_conv" / "1" / ".weights.safetensors.tmp").symlink_to(victim)
+    (repo / "mini_conv" / "1" / "weights.safetensors").symlink_to(victim)
     assert main(["deploy", str(art), "--triton", str(repo), "--force"]) == 0
     assert victim.read_text() == "precious\n"
-    data = repo / "mini_conv" / "1" / "model.onnx.data"
-    assert not data.is_symlink() and data.read_bytes() == (art / "model.onnx.data").read_bytes()
-    ort_session(repo / "mini_conv" / "1" / "model.onnx")  # the deployed model finds its data
+    data = repo / "mini_conv" / "1" / "weights.safetensors"
+    assert not data.is_symlink() and data.read_bytes() == (art / "weights.safetensors").read_bytes()
+    ort_session(repo / "mini_conv" / "1" / "model.onnx")  # the deployed model finds its weights
 
 
 def test_foreign_folder_is_refused_and_untouched(tmp_path, capsys):

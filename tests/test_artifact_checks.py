@@ -190,18 +190,13 @@ def test_manifest_inputs_must_match_the_model(arts, tmp_path, capsys):
     assert rc == 1 and "manifest.json lists (pixels)" in err
 
 
-def test_external_data_is_loaded_only_when_listed(tmp_path, monkeypatch, capsys):
-    import functools
-
-    import nnspec.targets.onnx.export as export
-
-    monkeypatch.setattr(export, "compile_onnx", functools.partial(export.compile_onnx, external_threshold=1))
+def test_external_weights_are_loaded_only_when_they_match(tmp_path, capsys):
     art = tmp_path / "art"
     assert main(["compile", SPEC, "--target", "onnx", "-o", str(art)]) == 0
     assert _run(art, capsys, _x(tmp_path))[0] == 0
-    (art / "model.onnx.data").write_bytes(b"\0" * (art / "model.onnx.data").stat().st_size)
+    (art / "weights.safetensors").write_bytes(b"\0" * (art / "weights.safetensors").stat().st_size)
     rc, err = _run(art, capsys, _x(tmp_path))
-    assert rc == 1 and "model.onnx.data does not match the sha256" in err
+    assert rc == 1 and "weights.safetensors does not match the sha256" in err
 
 
 # -- deploy ---------------------------------------------------------------------------------------------
@@ -255,7 +250,7 @@ def test_deploy_twice_needs_force_and_replaces_the_whole_folder(arts, tmp_path, 
     assert main(["deploy", str(arts / "onnx"), "--triton", str(repo)]) == 1
     assert "already exists and is not empty" in capsys.readouterr().err and stale.is_dir()
     assert main(["deploy", str(arts / "onnx"), "--triton", str(repo), "--force"]) == 0
-    assert sorted(_tree(repo / "mini_conv")) == ["1", "1/model.onnx", "config.pbtxt"]
+    assert sorted(_tree(repo / "mini_conv")) == ["1", "1/model.onnx", "1/weights.safetensors", "config.pbtxt"]
     assert (repo / "mini_conv" / "1" / "model.onnx").read_bytes() == (arts / "onnx" / "model.onnx").read_bytes()
     assert not [p for p in repo.iterdir() if p.name.startswith(".mini_conv.nnspec-tmp-")]
 

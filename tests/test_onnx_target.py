@@ -307,7 +307,8 @@ def test_artifacts_byte_identical_across_processes(tmp_path):
     assert not any(p.name.startswith(".") for p in (tmp_path / "out0").iterdir())  # no temp files left
     # the written weights reproduce the artifact
     again = compile_onnx(c.load(str(spec)), tmp_path / "again", weights_path=outs[0]["weights"])
-    assert Path(again["model"]).read_bytes() == a and "weights" not in again
+    assert Path(again["model"]).read_bytes() == a
+    assert Path(again["weights"]).read_bytes() == Path(outs[0]["weights"]).read_bytes()  # the one copy of the weights
 
 
 def test_weights_file_is_used(tmp_path):
@@ -326,26 +327,28 @@ def test_weights_file_is_used(tmp_path):
     assert np.abs(first_out["feat"] - want["feat"]).max() > 1e-3  # seed 1 differs from seed 2
 
 
-def test_external_data_branch(tmp_path):
+def test_weights_are_stored_once_as_external_data(tmp_path):
+    """The artifact's model points into weights.safetensors for every weight: stored, hashed and
+    written once, and the model file stays small."""
     p = load(tmp_path, RESNETISH)
-    small = compile_onnx(p, tmp_path / "small")
-    assert "model_data" not in small and not (tmp_path / "small" / "model.onnx.data").exists()
-    big = compile_onnx(p, tmp_path / "big", external_threshold=1)
-    data = tmp_path / "big" / "model.onnx.data"
-    assert big["model_data"] == str(data) and data.exists()
-    proto = onnx.load(big["model"], load_external_data=False)
-    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    assert os.path.getsize(big["model"]) < os.path.getsize(small["model"])
-    w = sum(v.nbytes for v in torch_weights(p, 0).values())
-    assert os.path.getsize(data) >= w
+    out = compile_onnx(p, tmp_path / "a")
+    proto = onnx.load(out["model"], load_external_data=False)
+    weights = torch_weights(p, 0)
+    external = {t.name: {e.key: e.value for e in t.external_data} for t in proto.graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL}
+    assert set(external) == set(weights)  # every weight, and nothing else
+    assert {e["location"] for e in external.values()} == {"weights.safetensors"}
+    assert sum(len(t.raw_data) for t in proto.graph.initializer) < 1024  # only small constants stay embedded
+    blob = Path(out["weights"]).read_bytes()
+    for name, e in external.items():  # the offsets are the tensors' bytes in the safetensors file
+        off, n = int(e["offset"]), int(e["length"])
+        assert blob[off:off + n] == np.asarray(weights[name], order="C").tobytes(), name
     inputs = example_inputs(p, {"N": 3})
-    a = run_ort(ort_session(big["model"]), inputs)
-    b = run_ort(ort_session(small["model"]), inputs)
+    a = run_ort(ort_session(out["model"]), inputs)
+    b = run_ort(ort_session(to_onnx_model(p, weights)), inputs)  # weights embedded, in memory
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    # a second write is byte-identical too
-    again = compile_onnx(p, tmp_path / "big2", external_threshold=1)
-    assert Path(again["model"]).read_bytes() == Path(big["model"]).read_bytes()
-    assert (tmp_path / "big2" / "model.onnx.data").read_bytes() == data.read_bytes()
+    again = compile_onnx(p, tmp_path / "b")
+    assert Path(again["model"]).read_bytes() == Path(out["model"]).read_bytes()
 
 
 # -- errors ---------------------------------------------------------------------------------------------

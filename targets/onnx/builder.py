@@ -32,11 +32,14 @@ _NUMPY = {"float32": "float32", "float16": "float16", "float64": "float64", "int
 class _Shared:
     """State shared by a main graph's builder and every subgraph builder under it."""
 
-    def __init__(self, weights: dict, for_trt: bool):
+    def __init__(self, weights: dict, for_trt: bool, stored: dict | None = None):
         import onnx
 
         self.weights = weights
         self.for_trt = for_trt
+        # key -> (file, offset, length) of weights already written to a file (the artifact's
+        # weights.safetensors): their initializers are external data pointing there, not copies.
+        self.stored = stored or {}
         self.used: set[str] = set()
         # The model is created up front and initializers are written straight into its graph: a
         # protobuf message appended to a repeated field is copied, and for a 100 MB model the
@@ -61,8 +64,8 @@ class Builder:
     opset = OPSET
 
     def __init__(self, weights: dict | None = None, for_trt: bool = False, graph=None,
-                 _shared: _Shared | None = None):
-        self._s = _shared or _Shared(weights if weights is not None else {}, for_trt)
+                 _shared: _Shared | None = None, stored: dict | None = None):
+        self._s = _shared or _Shared(weights if weights is not None else {}, for_trt, stored)
         self.graph = graph  # the IR graph being lowered (for input types)
         self.nodes: list = []  # onnx.NodeProto of this graph, in emission order
         self.node = None  # the IR node being lowered (set by the walker through `at`)
@@ -144,7 +147,12 @@ class Builder:
             raise LoweringError(f"weight '{key}' has shape {list(arr.shape)}",
                                 expected=f"shape {list(spec.shape)} (from the spec)")
         name = self.reserve(key) if key not in self._s.used else self.unique(key)
-        _tensor(self._s.initializers.add(), np.asarray(arr, order="C"), name)  # (ascontiguousarray makes 0-d arrays 1-d)
+        t = self._s.initializers.add()
+        where = self._s.stored.get(key)
+        if where is not None and where[2] == arr.nbytes:  # these very bytes are in the weights file
+            _external(t, arr, name, where)
+        else:
+            _tensor(t, np.asarray(arr, order="C"), name)  # (ascontiguousarray makes 0-d arrays 1-d)
         self._s.param_names[key] = name
         return name
 
@@ -214,6 +222,18 @@ def _tensor(t, arr, name: str) -> None:
     t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
     t.dims.extend(arr.shape)
     t.raw_data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _external(t, arr, name: str, where: tuple) -> None:
+    """Fill TensorProto `t` as external data: `arr`'s raw bytes at (file, offset, length)."""
+    from onnx import TensorProto, helper
+
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in zip(("location", "offset", "length"), where):
+        t.external_data.add(key=key, value=str(value))
 
 
 def _attr_value(key: str, v, op_type: str):

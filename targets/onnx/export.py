@@ -1,17 +1,19 @@
 """The ONNX target's entry points: `to_onnx_model` (in memory) and `compile_onnx` (artifacts on disk).
 
 Weights come from a dict keyed by torch state-dict names, a safetensors file (read without pickle and
-checked against the spec by `targets/weights.py`), or (neither given)
-the generated torch module built from `seed`, whose weights are then written beside the model so
-every artifact can be reproduced. Files are written atomically (temp file + os.replace) and are
-byte-identical for the same program and options. Models whose tensors exceed `external_threshold`
-bytes (the 2 GB protobuf limit by default) keep their initializers in `<model>.onnx.data`.
+checked against the spec by `targets/weights.py`), or (neither given) the IR's initial weights for
+`seed` (`targets/initialise.py`, numpy). An artifact holds them once, in `weights.safetensors`: the
+ONNX model's weight initializers are external data pointing into that file (safetensors lays tensors
+out raw, little-endian and row-major, as ONNX's external data wants them), so the weights are written,
+hashed and stored once, and the model file is a few hundred KB whatever the model's size (so no
+model reaches protobuf's 2 GB limit). Files are written atomically and are byte-identical for the
+same program and options.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+import json
 
 from nnspec.compiler.errors import LoweringError
 
@@ -30,7 +32,7 @@ def torch_weights(program, seed: int = 0) -> dict:
 
 
 def to_onnx_model(program, weights: dict | None = None, seed: int = 0, for_trt: bool = False,
-                  graph: str = "forward", checked: bool = True):
+                  graph: str = "forward", checked: bool = True, stored: dict | None = None):
     """The ONNX model of one entry graph (default `forward`), checked unless `checked=False`.
 
     Models too large for an in-memory protobuf are checked by `compile_onnx` after writing.
@@ -39,7 +41,7 @@ def to_onnx_model(program, weights: dict | None = None, seed: int = 0, for_trt: 
         raise LoweringError(f"program has no graph '{graph}'", expected=f"one of: {', '.join(program.graphs)}")
     if weights is None:
         weights = torch_weights(program, seed)
-    model = lower_entry(program, graph, weights, for_trt)
+    model = lower_entry(program, graph, weights, for_trt, stored)
     if checked and _tensor_bytes(model) < PROTOBUF_LIMIT:
         check(model, program, graph)
     return model
@@ -57,84 +59,66 @@ def model_file(gname: str) -> str:
 
 
 def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bool = False,
-                 external_threshold: int = PROTOBUF_LIMIT, weights: dict | None = None) -> dict:
+                 weights: dict | None = None) -> dict:
     """Write `model.onnx` (+ `<graph>.onnx` per extra entry graph) into `out_dir`.
 
     Returns {role: path} of every file written, all plain strings: "model" (model.onnx), one key per
-    extra entry graph (its name, e.g. "decode_step"), "<key>_data" for external data, and "weights"
-    when no `weights_path` was given (the torch module's weights from `seed`, written to
-    weights.safetensors so the artifact can be reproduced). A weights file is checked against the spec
-    first (every missing, unexpected, mis-shaped or mis-typed entry: LoweringError); `weights` passes
-    arrays already loaded and checked that way (compile_artifacts) instead of a path.
+    extra entry graph (its name, e.g. "decode_step") and "weights" (weights.safetensors: the given
+    weights, or the IR's initial weights for `seed`; the models' weight initializers point into it).
+    A weights file is checked against the spec first (every missing, unexpected, mis-shaped or
+    mis-typed entry: LoweringError); `weights` passes arrays already loaded and checked that way
+    (compile_artifacts) instead of a path.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if weights is not None:
-        wfile = None
-    elif weights_path is not None:
+    if weights is None and weights_path is not None:
         weights = load_weights(weights_path)
         check_weights(program, weights, f"weights in '{weights_path}'")
-        wfile = None
-    else:
+    elif weights is None:
         weights = torch_weights(program, seed)
-        wfile = out / "weights.safetensors"
-        _write_safetensors(weights, wfile)
-    result = {"weights": str(wfile)} if wfile else {}
+    wfile = out / WEIGHTS
+    blob = save_weights(weights)
+    atomic_write(wfile, blob)
+    stored = {k: (WEIGHTS, off, n) for k, (off, n) in safetensors_offsets(blob).items()}
+    result = {"weights": str(wfile)}
     for gname in program.graphs:
         if gname in ("model", "weights"):  # model.onnx / the result keys are taken
             raise LoweringError(f"entry graph name '{gname}' clashes with an ONNX artifact name",
                                 expected="a graph name other than 'model' and 'weights'")
-        model = to_onnx_model(program, weights, seed, for_trt, gname, checked=False)
+        model = to_onnx_model(program, weights, seed, for_trt, gname, checked=False, stored=stored)
         path = out / model_file(gname)
-        data = write_checked(model, path, program, gname, external=_tensor_bytes(model) >= external_threshold)
-        key = "model" if gname == "forward" else gname
-        result[key] = str(path)
-        if data:
-            result[f"{key}_data"] = data
+        write_checked(model, path, program, gname)
+        result["model" if gname == "forward" else gname] = str(path)
     return result
 
 
-def write_checked(model, path, program=None, gname: str = "forward", external: bool = False) -> str | None:
+def write_checked(model, path, program=None, gname: str = "forward") -> None:
     """Check `model` (full checker, strict shape inference) and write it atomically, serialising it
-    once; external-data models are written first and checked by path. Returns the data file, if any."""
-    if external:
-        data = write_model(model, path, external=True)
-        check(None, program, gname, path=str(path))
-        return data
+    once. A model with external data is written first: the checker finds the data relative to the
+    model file (a failure leaves the file in the staging folder, which is then discarded)."""
     blob = model.SerializeToString(deterministic=True)
+    if any(init.external_data for init in model.graph.initializer):
+        atomic_write(path, blob)
+        check(model, program, gname, path=str(path), infer_in_memory=True)
+        return
     check(model, program, gname, data=blob)
     atomic_write(path, blob)
-    return None
 
 
-def write_model(model, path, external: bool = False) -> str | None:
-    """Write `model` to `path` atomically; with `external`, initializers go to `<name>.data` beside it
-    (returned). Serialisation is deterministic."""
-    import onnx
-    from onnx.external_data_helper import convert_model_to_external_data
-
-    path = Path(path)
-    if not external:
-        atomic_write(path, model.SerializeToString(deterministic=True))
-        return None
-    data_name = path.name + ".data"
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    convert_model_to_external_data(m, all_tensors_to_one_file=True, location=data_name, size_threshold=0,
-                                   convert_attribute=False)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".nnspec-") as tmp:
-        # onnx writes the data file relative to the model's folder, so both go to a temp folder first.
-        tmp_model = Path(tmp) / path.name
-        onnx.save_model(m, str(tmp_model))
-        tmp_model.write_bytes(m.SerializeToString(deterministic=True))  # save_model strips raw data in m
-        os.chmod(Path(tmp) / data_name, 0o644)
-        os.replace(Path(tmp) / data_name, path.parent / data_name)
-        os.replace(tmp_model, path)
-    return str(path.parent / data_name)
+def write_model(model, path) -> None:
+    """Write `model` to `path` atomically (deterministic serialisation)."""
+    atomic_write(path, model.SerializeToString(deterministic=True))
 
 
-def _write_safetensors(weights: dict, path: Path) -> None:
-    atomic_write(path, save_weights(weights))
+WEIGHTS = "weights.safetensors"
+
+
+def safetensors_offsets(blob: bytes) -> dict:
+    """{key: (absolute offset, length)} of every tensor's bytes in a safetensors file's bytes."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    return {k: (8 + n + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
+            for k, v in header.items() if k != "__metadata__"}
 
 
 def _tensor_bytes(model) -> int:

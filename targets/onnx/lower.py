@@ -22,12 +22,12 @@ from .common import value_info
 from .walk import lower_graph, lower_subgraph, value_infos  # noqa: F401  (lower_subgraph: part of this API)
 
 
-def lower_values(program, gname: str, weights: dict, for_trt: bool = False):
+def lower_values(program, gname: str, weights: dict, for_trt: bool = False, stored: dict | None = None):
     """Lower entry graph `gname`'s nodes: (builder, {(node id, port): ONNX value name}, graph inputs'
     value infos). The names are those of the model `lower_entry` builds (verify uses them to expose
     every IR value)."""
     graph = program.graphs[gname]
-    b = Builder(weights, for_trt=for_trt, graph=graph)
+    b = Builder(weights, for_trt=for_trt, graph=graph, stored=stored)
     values, inputs = {}, []
     for n in graph.inputs():
         name = b.reserve(n.attrs.name)
@@ -42,14 +42,15 @@ def lower_values(program, gname: str, weights: dict, for_trt: bool = False):
     return b, values, inputs
 
 
-def lower_entry(program, gname: str, weights: dict, for_trt: bool = False):
-    """One entry graph of `program` as an `onnx.ModelProto` (not yet checked)."""
+def lower_entry(program, gname: str, weights: dict, for_trt: bool = False, stored: dict | None = None):
+    """One entry graph of `program` as an `onnx.ModelProto` (not yet checked); `stored` maps weight
+    keys to (file, offset, length) of their bytes in an already written weights file."""
     from onnx import helper
 
     from nnspec.compiler import __version__
 
     graph = program.graphs[gname]
-    b, values, inputs = lower_values(program, gname, weights, for_trt)
+    b, values, inputs = lower_values(program, gname, weights, for_trt, stored)
     b.node = None
     outs = []
     for oname, ref in graph.outputs.items():
@@ -72,7 +73,8 @@ def lower_entry(program, gname: str, weights: dict, for_trt: bool = False):
     return model
 
 
-def check(model, program=None, gname: str = "forward", path: str | None = None, data: bytes | None = None) -> None:
+def check(model, program=None, gname: str = "forward", path: str | None = None, data: bytes | None = None,
+          infer_in_memory: bool = False) -> None:
     """Run the ONNX checker (full) and strict shape inference with data propagation. Errors become
     `LoweringError` naming the IR node blamed.
 
@@ -84,11 +86,9 @@ def check(model, program=None, gname: str = "forward", path: str | None = None, 
     import onnx
 
     try:
-        if path is not None:  # by path: models over 2 GB use external data
+        if path is not None and infer_in_memory:  # external weights: the checker reads them by path
             onnx.checker.check_model(path, full_check=True)
-            import tempfile
-            with tempfile.TemporaryDirectory(prefix="nnspec-infer-") as tmp:
-                onnx.shape_inference.infer_shapes_path(path, f"{tmp}/inferred.onnx", strict_mode=True, data_prop=True)
+            onnx.shape_inference.infer_shapes(_without_payload(model), check_type=True, strict_mode=True, data_prop=True)
             return
         onnx.checker.check_model(data if data is not None else model.SerializeToString(deterministic=True),
                                  full_check=True)

@@ -15,8 +15,8 @@ from .builder import OPSET
 
 
 def can_compile() -> str | None:
-    # Lowering builds ONNX protobufs; initial weights (no --weights) come from the torch module.
-    return module_missing("onnx", "pip install 'nnspec[onnx]'") or module_missing("torch", "pip install torch")
+    # Lowering builds ONNX protobufs; initial weights come from the IR with numpy (no torch needed).
+    return module_missing("onnx", "pip install 'nnspec[onnx]'")
 
 
 def can_run() -> str | None:
