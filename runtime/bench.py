@@ -23,9 +23,11 @@ def _percentile(xs: list, q: float) -> float:
 
 def bench(program, targets=("torch", "onnx"), batches=(1, 8), threads: int = 1, warmup: int = 3,
           repeat: int = 20, progress: bool = True, seed: int = 0, batch_dim: str = "N",
-          dims: dict | None = None) -> list[dict]:
+          dims: dict | None = None, fuse: str | None = None) -> list[dict]:
     """Benchmark `targets` (names from the target registry) at each batch size; returns JSON-ready rows.
 
+    Each target runs `program`'s spec as compiled for it (its pipeline, fuse_ops in mode `fuse` or the
+    target's default: torch's fused module too), all with the weights of `program`'s module.
     threads: intra-op threads for torch and onnxruntime (1 gives the steadiest numbers on shared
     machines). Targets that cannot run here get a row with `skipped` set instead of timings.
     """
@@ -37,6 +39,7 @@ def bench(program, targets=("torch", "onnx"), batches=(1, 8), threads: int = 1, 
     from nnspec.targets.torch.build import build_module
 
     from .runners import generate_inputs, runnable_targets, runner_for
+    from .verify import fused_changes, fused_module, target_program
 
     torch.set_num_threads(int(threads))
     targets = list(dict.fromkeys(targets))
@@ -50,7 +53,9 @@ def bench(program, targets=("torch", "onnx"), batches=(1, 8), threads: int = 1, 
         if why_not.get(t):
             continue
         try:
-            runners[t] = runner_for(program, t, module=module, seed=seed, threads=threads,
+            prog_t = target_program(program, t, fuse)
+            mod_t = fused_module(prog_t, module) if t == registry.REFERENCE and fused_changes(prog_t) else module
+            runners[t] = runner_for(prog_t, t, module=mod_t, seed=seed, threads=threads,
                                     dims={**(dims or {}), batch_dim: max(batches)})
         except Exception as e:  # report and go on with the other targets
             why_not[t] = getattr(e, "message", str(e)).splitlines()[0]

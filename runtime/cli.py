@@ -4,6 +4,8 @@
     nnspec check SPEC... [--target trt]          validate specs (exit 1 on a bad spec)
     nnspec inspect SPEC [--preset P] [--set k=v] [--json] [--depth D] [--dump-after PASS] [--target T]
     nnspec compile SPEC --target T -o DIR        T: a target of nnspec.targets.registry (torch, onnx, ...)
+    nnspec plan SPEC --stages K [--microbatches M] [--memory B] [--json]   pipeline stages, per stage
+    nnspec profile SPEC [--dim N=8] [--device cpu|cuda] -o profile.json   measured per-node times
     nnspec graph SPEC --format dot|svg|png|mermaid|json|text
     nnspec schema                                JSON Schema of specs (for editors)
     nnspec run ARTIFACT_DIR --input name=x.npy
@@ -46,12 +48,64 @@ def _targets() -> list[str]:
     return names()
 
 
-def _pipeline(target: str | None) -> dict:
-    """`_load` keywords compiling for `target`: its own pass pipeline, and its name for the passes."""
+def _pipeline(target: str | None, fuse: str | None = None) -> dict:
+    """`_load` keywords compiling for `target`: its own pass pipeline, and its name for the passes.
+    Without a target, `--fuse` runs the core passes and fuse_ops."""
     if target is None:
-        return {}
+        if fuse is None:
+            return {}
+        from nnspec.targets.registry import CORE
+        return {"passes": list(CORE) + ["fuse_ops"]}
     from nnspec.targets.registry import get
     return {"passes": list(get(target).pipeline), "target": target}
+
+
+def _fuse(args) -> dict:
+    """PassContext options for fuse_ops from `--fuse` (absent: the target's default mode)."""
+    return {"fuse": args.fuse} if getattr(args, "fuse", None) else {}
+
+
+def _fuse_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--fuse", choices=["none", "safe", "inference"],
+                   help=f"operator fusion (fuse_ops) for {what}: none; safe keeps training semantics (attention "
+                        "from primitives -> SDPA, scan of a cell -> one LSTM kernel); inference also folds batch "
+                        "norms and drops dropout (eval only). Default: inference for onnx/trt/trt-rtx, safe for torch")
+
+
+def _remat_budget(text: str) -> str:
+    """--remat-budget checked at parse time (the rematerialize pass's forms); the text is passed on."""
+    from nnspec.compiler.errors import PassError
+    from nnspec.compiler.passes.rematerialize import parse_budget
+    try:
+        parse_budget(text)
+    except PassError as e:
+        raise argparse.ArgumentTypeError(f"{e.message}; expected {e.expected}") from None
+    return text
+
+
+def _remat_arg(p: argparse.ArgumentParser) -> None:
+    from nnspec.compiler.passes.rematerialize import POLICIES
+    p.add_argument("--remat-budget", dest="remat", type=_remat_budget, metavar="B",
+                   help="training memory budget for the tensors kept for backward (torch): a fraction of the figure "
+                        "without recomputation (0.33, 33%%) or an amount (200MB); checkpointed segments are recomputed "
+                        "in backward to fit it")
+    p.add_argument("--remat-policy", choices=POLICIES,
+                   help="how to choose the segments: chain (default: the exact dynamic program over the graph's "
+                        "articulation points), milp (Checkmate on the DAG with HiGHS; the default where there are "
+                        "none), sqrt (Chen et al.'s sqrt(n) segments)")
+
+
+def _remat(args) -> dict:
+    """PassContext options for rematerialize from --remat-budget / --remat-policy."""
+    if getattr(args, "remat_policy", None) and not getattr(args, "remat", None):
+        raise argparse.ArgumentTypeError("--remat-policy needs --remat-budget, e.g. --remat-budget 0.33")
+    if not getattr(args, "remat", None):
+        return {}
+    from nnspec.runtime.plan import wants_stages
+    if wants_stages(args):
+        raise argparse.ArgumentTypeError("--remat-budget plans the whole model; with --stages each stage's budget "
+                                         "is planned by `nnspec plan --remat-budget`")
+    return {"remat_budget": args.remat, **({"remat_policy": args.remat_policy} if args.remat_policy else {})}
 
 
 def _target_list(text: str) -> list[str]:
@@ -138,16 +192,29 @@ def cmd_check(args) -> int:
 
 def cmd_inspect(args) -> int:
     from nnspec.compiler.cost import compare_reported, cost_report, human
-    program = _load(args, dump_after=args.dump_after, dump=print, **_pipeline(args.target))
+    from nnspec.runtime.plan import options_from_args, wants_stages
+    remat = _remat(args)
+    # stages and rematerialization are the torch pipeline's passes
+    target = args.target or ("torch" if wants_stages(args) or remat else None)
+    if remat and target != "torch":
+        raise argparse.ArgumentTypeError(f"--remat-budget is for the torch target's training pipeline, not --target {target}")
+    program = _load(args, dump_after=args.dump_after, dump=print,
+                    options={**options_from_args(args), **_fuse(args), **remat}, **_pipeline(target, args.fuse))
     if args.dump_after:
         return EXIT_OK
+    plan = program.results.get("rematerialize") if remat else None  # the remat plan, when asked for
     rep = cost_report(program, args.graph, _dims(args.dim))
+    fusion = program.results.get("fuse_ops") if args.fuse else None  # the fusion report, when asked for
     cmp = compare_reported(program.spec.reported, {"params": rep.params, "flops": rep.flops})
     if args.json:
         print(json.dumps({
             "spec": program.spec.name, "preset": program.spec.preset, "params": rep.params, "buffers": rep.buffers,
             "flops": rep.flops, "activation_bytes": rep.act_bytes, "dims": rep.dims,
-            "nodes": [vars(r) for r in rep.rows], "reported": cmp}, indent=1))
+            "bwd_flops": rep.bwd_flops, "param_bytes": rep.param_bytes, "saved_bytes": rep.saved_bytes,
+            "nodes": [vars(r) for r in rep.rows], "reported": cmp,
+            **({"fusion": fusion.summary} if fusion is not None else {}),
+            **({"remat": {k: v for k, v in plan.summary.items() if k != "report"}} if plan is not None else {})},
+            indent=1))
         return EXIT_OK
     rows = rep.rows
     if args.depth is not None:
@@ -165,9 +232,16 @@ def cmd_inspect(args) -> int:
     dims = ", ".join(f"{k}={v}" for k, v in rep.dims.items())
     print(f"params: {rep.params:,}   buffers: {rep.buffers:,}   FLOPs: {rep.flops:,} ({human(rep.flops)})"
           f"   activations: {human(rep.act_bytes)}B   at {dims or 'the declared shapes'}")
+    print(f"training: backward FLOPs: {rep.bwd_flops:,} ({human(rep.bwd_flops)})   saved for backward: "
+          f"{human(rep.saved_bytes)}B   parameters: {human(rep.param_bytes)}B")
     for c in cmp:
         verdict = "matches" if c["match"] else f"differs by {c['rel_err']:.1%}"
         print(f"reported {c['figure']}: {c['reported']}  computed: {human(c['computed'])}  -> {verdict} (to the stated precision)")
+    if fusion is not None:
+        from nnspec.compiler.passes.fuse_ops import report_table
+        print(report_table(fusion.summary))
+    if plan is not None:
+        print("\n".join(plan.summary.get("report", [])))
     return EXIT_OK
 
 
@@ -205,12 +279,57 @@ def _collapse(rows, depth: int):
 
 def cmd_compile(args) -> int:
     from nnspec.runtime.compile import compile_artifacts
-    program = _load(args, **_pipeline(args.target))
+    from nnspec.runtime.plan import options_from_args, wants_stages
+    if wants_stages(args) and args.target != "torch":
+        raise argparse.ArgumentTypeError(f"--stages, --microbatches and --memory are for --target torch (one class "
+                                         f"per pipeline stage in model.py), not --target {args.target}")
+    remat = _remat(args)
+    if remat and args.target != "torch":
+        raise argparse.ArgumentTypeError(f"--remat-budget is for --target torch (checkpointed segments in model.py), "
+                                         f"not --target {args.target}")
+    prof, measured = _profile_arg(args, remat)
+    program = _load(args, options={**options_from_args(args), **_fuse(args), **remat, **measured},
+                    **_pipeline(args.target))
+    if prof is not None:  # its ids must be the program's (partition_pipeline checks them too for stages)
+        from nnspec.compiler.cost import check_profile
+        check_profile(program, prof)
     files = compile_artifacts(program, args.target, args.output, weights=args.weights, seed=args.seed,
                               precision=args.precision, workspace_mb=args.workspace_mb, opt_level=args.opt_level)
     for name in files:
         print(os.path.join(args.output, name))
     return EXIT_OK
+
+
+def cmd_profile(args) -> int:
+    from nnspec.runtime.profile import profile, profile_pipeline, render_disagreements, write_profile
+    program = _load(args, passes=profile_pipeline(), target="torch", options=_fuse(args))
+    doc = profile(program, _dims(args.dim), device=args.device, repeat=args.repeat, warmup=args.warmup,
+                  threads=args.threads, seed=args.seed, progress=True)
+    write_profile(doc, args.output)
+    print(render_disagreements(doc))
+    print(args.output)
+    return EXIT_OK
+
+
+def _profile_arg(args, remat: dict) -> tuple:
+    """(the --profile file read and checked on its own, or None; PassContext options holding its times in
+    the one form the passes read, compiler/cost.profile_option). Its node ids are checked against the
+    program once that is loaded."""
+    path = getattr(args, "profile", None)
+    if not path:
+        return None, {}
+    from nnspec.runtime.plan import wants_stages
+    if not (remat or wants_stages(args)):
+        raise argparse.ArgumentTypeError("--profile is read by the planning passes: give it with --stages or "
+                                         "--remat-budget (see `nnspec plan --profile`)")
+    from nnspec.compiler.cost import profile_option, read_profile
+    prof = read_profile(path)
+    return prof, {"profile": profile_option(prof.times)}
+
+
+def cmd_plan(args) -> int:
+    from nnspec.runtime.plan import cmd_plan as plan
+    return plan(args)
 
 
 def cmd_graph(args) -> int:
@@ -266,7 +385,8 @@ def cmd_bench(args) -> int:
     from nnspec.runtime.bench import bench, render_table
     program = _load(args)
     rows = bench(program, targets=args.targets, batches=args.batch,
-                 threads=args.threads, repeat=args.repeat, warmup=args.warmup, progress=not args.json)
+                 threads=args.threads, repeat=args.repeat, warmup=args.warmup, progress=not args.json,
+                 fuse=args.fuse)
     print(json.dumps(rows, indent=1) if args.json else render_table(rows))
     return EXIT_OK
 
@@ -274,7 +394,7 @@ def cmd_bench(args) -> int:
 def cmd_verify(args) -> int:
     from nnspec.runtime.verify import verify
     program = _load(args)
-    report = verify(program, targets=args.targets, tolerance=args.tol, seed=args.seed)
+    report = verify(program, targets=args.targets, tolerance=args.tol, seed=args.seed, fuse=args.fuse)
     print(report.render())
     return EXIT_OK if report.ok else EXIT_SPEC
 
@@ -327,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", default="forward", help="entry graph to report (default: forward)")
     p.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass (expand, infer_shapes, ...)")
     p.add_argument("--target", choices=_targets(), help="run this target's pass pipeline (default: the core passes)")
+    _fuse_arg(p, "the pipeline run (and print the fusion report: rule, matched, fused, declined with reasons)")
+    from nnspec.runtime.plan import add_plan_args, add_stage_args
+    add_stage_args(p)
+    _remat_arg(p)
     p.set_defaults(fn=cmd_inspect)
 
     p = sub.add_parser("compile", help="compile a spec to a target artifact directory")
@@ -341,7 +465,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="TensorRT precision")
     p.add_argument("--workspace-mb", type=int, help="TensorRT workspace limit in MiB (default: TensorRT's own)")
     p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level (0-5)")
+    _fuse_arg(p, "the artifact (torch + inference: an eval-only module)")
+    add_stage_args(p)
+    _remat_arg(p)
+    p.add_argument("--profile", metavar="PROFILE.json", help="measured per-node times (`nnspec profile -o`) for "
+                   "--stages and --remat-budget to plan with instead of FLOPs")
     p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("plan", help="cut a model into pipeline stages: per stage nodes, params, FLOPs, time, memory, "
+                       "bytes sent; balance and GPipe bubble")
+    _spec_args(p)
+    add_stage_args(p, required=True)
+    add_plan_args(p)
+    p.set_defaults(fn=cmd_plan)
+
+    p = sub.add_parser("profile", help="time every node's forward and backward on this machine (for --profile "
+                       "on plan and compile); list the nodes FLOPs mispredict by more than 3x")
+    _spec_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="PROFILE.json", help="the profile (written atomically)")
+    p.add_argument("--dim", action="append", default=[], metavar="SYM=INT",
+                   help="a symbolic dim's value, e.g. N=8 (default N=1, others their opt)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default cpu)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per node; the median is kept (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per node first (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: steady numbers)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and inputs (default 0)")
+    _fuse_arg(p, "the program profiled (give `plan`/`compile` the same, so the node ids agree)")
+    p.set_defaults(fn=cmd_profile)
 
     p = sub.add_parser("graph", help="draw the IR (svg and png through Graphviz `dot`)")
     _spec_args(p)
@@ -370,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=20, help="timed runs per target and batch")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    _fuse_arg(p, "each target (torch eager's weights are the unfused ones)")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("verify", help="run every available target on generated inputs and compare")
@@ -378,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(_targets())} (default: all available)")
     p.add_argument("--tol", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
     p.add_argument("--seed", type=int, default=0)
+    _fuse_arg(p, "each target, compared with unfused torch eager")
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("deploy", help="export an artifact directory as a Triton model repository")

@@ -46,9 +46,62 @@ def base_manifest(program, target: str, seed: int, weights: str | None) -> dict:
         "params": rep.params, "flops": rep.flops, "flops_dims": rep.dims,
         "weights": {"source": "given" if weights else "seed", "seed": None if weights else seed},
         "passes": list(program.done),  # the pipeline the artifact was compiled with
+        **fusion_manifest(program),
+        **_stages(program),
+        **remat_manifest(program),
         "graphs": {name: interface(program, name) for name in program.graphs},
         **interface(program),
     }
+
+
+def _stages(program) -> dict:
+    """The manifest's `stages`: the pipeline plan (partition_pipeline's summary) and each stage's
+    boundary tensors (split_stages'), when the program was compiled with --stages."""
+    g = program.forward
+    if not g.stages:
+        return {}
+    plan = program.results.get("partition_pipeline")
+    summary = plan.summary if plan is not None else {}
+    per = {row["index"]: row for row in summary.get("stages") or []}
+    keep = ("params", "flops", "time_s", "recompute_s", "saved_bytes", "saved_bytes_remat", "memory_bytes",
+            "send_bytes", "remat")
+    return {"stages": {
+        "count": len(g.stages), "microbatches": summary.get("microbatches"), "balance": summary.get("balance"),
+        "bubble": summary.get("bubble"), "memory_cap": summary.get("memory_cap"), "source": summary.get("source"),
+        "list": [{**s.to_json(), **{k: per.get(s.index, {}).get(k) for k in keep}} for s in g.stages]}}
+
+
+def remat_manifest(program) -> dict:
+    """{"remat": the rematerialize pass's plan (budget, bytes kept before and after, segments)} of a
+    program compiled with --remat-budget, else {}."""
+    res = program.results.get("rematerialize")
+    if res is None or not res.summary.get("planned"):
+        return {}
+    return {"remat": {k: v for k, v in res.summary.items() if k not in ("planned", "report")}}
+
+
+def fusion_manifest(program) -> dict:
+    """{"fusion": {mode, report}} of a program that went through fuse_ops (the report is the pass's
+    summary: per rule what matched, fused and was declined, and why), else {}."""
+    res = program.results.get("fuse_ops")
+    if res is None:
+        return {}
+    report = {k: v for k, v in res.summary.items() if k != "mode"}
+    return {"fusion": {"mode": res.summary.get("mode"), "report": report}}
+
+
+def program_for(spec, target: str, fuse: str | None = None, preset: str | None = None,
+                overrides: dict | None = None, options: dict | None = None):
+    """`spec` (a path, bundled name, LoadedSpec, or a Program, whose spec is reused) compiled with
+    `target`'s pass pipeline, fuse_ops in mode `fuse` (None: the target's default): the program
+    `nnspec compile --target T --fuse F` lowers, and the one `compile_artifacts` accepts for T."""
+    from nnspec.compiler.passes import compile_spec
+    from nnspec.targets import registry
+
+    spec = getattr(spec, "spec", spec)  # a Program: start again from its loaded spec
+    opts = dict(options or {}, **({"fuse": fuse} if fuse is not None else {}))
+    return compile_spec(spec, preset, overrides, passes=list(registry.get(target).pipeline), target=target,
+                        options=opts)
 
 
 def compile_artifacts(program, target: str, out_dir: str, weights: str | None = None, seed: int = 0,
@@ -66,12 +119,15 @@ def compile_artifacts(program, target: str, out_dir: str, weights: str | None = 
     from nnspec.targets.files import staged_folder
     from nnspec.targets.weights import check_weights, load_weights
 
+    from nnspec.compiler.passes.manager import PASSES
+
     entry = registry.get(target)
-    missing = [p for p in entry.pipeline if p not in program.done]
+    # A pass that acts only on request (partition_pipeline without --stages) may have been skipped.
+    missing = [p for p in entry.pipeline if p not in program.done and not (p in PASSES and PASSES[p].on_request)]
     if missing:  # e.g. an inference-only pass: the artifact would not be what the target promises
         from nnspec.compiler.errors import LoweringError
         raise LoweringError(f"the program has not been through pass(es) {', '.join(missing)} of the {target} "
-                            "pipeline", hint=f"load it with passes=nnspec.targets.registry.get({target!r}).pipeline")
+                            "pipeline", hint=f"load it with nnspec.runtime.compile.program_for(spec, {target!r})")
     arrays = None
     if weights is not None:  # checked for every target before anything is written
         arrays = load_weights(weights)

@@ -137,13 +137,41 @@ def default_targets() -> list[str]:
     return [t for t in registry.names() if t != registry.REFERENCE]
 
 
+def target_program(program, target: str, fuse: str | None = None):
+    """`program`'s spec compiled with `target`'s pass pipeline, fuse_ops in mode `fuse` (None: the
+    target's default), as `nnspec compile --target T --fuse F` would compile it."""
+    from .compile import program_for
+
+    return program_for(program, target, fuse)
+
+
+def fused_changes(program) -> bool:
+    """fuse_ops rewrote or marked something in `program` (its torch module is not the reference's)."""
+    res = program.results.get("fuse_ops")
+    return res is not None and bool(res.summary.get("fired"))
+
+
+def fused_module(program, module):
+    """`program`'s generated module holding `module`'s weights (a training state dict: an eval-only
+    module folds its batch norms as it loads)."""
+    from nnspec.targets.torch.build import build_module
+
+    fused = build_module(program, seed=None)
+    fused.load_state_dict(module.state_dict(), strict=True)
+    return fused.eval()
+
+
 def verify(program, targets=None, tolerance: float | None = None, seed: int = 0, dims: dict | None = None,
-           onnx_model=None, module=None, graph: str = "forward", threads: int = 1) -> VerifyReport:
+           onnx_model=None, module=None, graph: str = "forward", threads: int = 1,
+           fuse: str | None = None) -> VerifyReport:
     """Run torch eager (the reference) and every available target in `targets` (default: every other
     registered target) on the same generated inputs; returns the parity report. `report.ok` is False
     (`report.exit_code` 1) on a tolerance break, with the first diverging node named where the target
     can show its intermediate values (onnx).
 
+    Each target runs `program`'s spec as compiled for it (its pipeline, fuse_ops in mode `fuse` or the
+    target's default) with the reference module's (unfused) weights; `program` itself is the reference.
+    Torch is compared too when fusion changed its module (`--fuse inference`: the eval-only module).
     onnx_model: an ONNX model to check instead of lowering the program (e.g. a compiled artifact's).
     """
     import torch
@@ -154,7 +182,13 @@ def verify(program, targets=None, tolerance: float | None = None, seed: int = 0,
 
     from .runners import generate_inputs, runnable_targets, torch_runner
 
-    targets = [t for t in (list(targets) if targets else default_targets()) if t != registry.REFERENCE]
+    default = not targets
+    asked = list(targets) if targets else default_targets()
+    programs = {t: target_program(program, t, fuse) for t in dict.fromkeys(asked + [registry.REFERENCE])}
+    # torch eager is the reference; its own fused module is a target of its own when fusion changed it
+    targets = [t for t in asked if t != registry.REFERENCE or fused_changes(programs[t])]
+    if default and fused_changes(programs[registry.REFERENCE]):
+        targets.insert(0, registry.REFERENCE)
     tol = DEFAULT_TOLERANCE["fp32"] if tolerance is None else float(tolerance)
     module = module if module is not None else build_module(program, seed)
     module.eval()
@@ -170,8 +204,9 @@ def verify(program, targets=None, tolerance: float | None = None, seed: int = 0,
         entry = registry.get(t)
         opts = RunOptions(seed=seed, threads=threads, graph=graph, dims=dims,
                           model=onnx_model if t == "onnx" else None)
+        prog_t = programs[t]
         try:
-            runner = entry.runner(program, module, opts)
+            runner = entry.runner(prog_t, fused_module(prog_t, module) if t == registry.REFERENCE else module, opts)
         except Exception as e:
             if not entry.build_may_fail:  # nnspec's own lowering failed: an error to show, not a skip
                 raise
@@ -186,7 +221,10 @@ def verify(program, targets=None, tolerance: float | None = None, seed: int = 0,
             broke |= not ok
         if broke and entry.node_values is not None:
             ref_vals = torch_values(program, module, inputs, graph)
-            got_vals = entry.node_values(program, module, runner, inputs, opts)
+            got_vals = entry.node_values(prog_t, module, runner, inputs, opts)
+            # a layer with a batch norm folded in computes the normalised value: not comparable
+            folded = {n.id for n in prog_t.all_nodes() if (n.fused or "").startswith("fold_bn(")}
+            got_vals = {k: v for k, v in got_vals.items() if k[0] not in folded}
             d = first_divergence(program, ref_vals, got_vals, tol, t, graph)
             if d is not None:
                 report.divergences.append(d)

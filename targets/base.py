@@ -93,6 +93,9 @@ class Target:
     # (program, module, runner, inputs, opts) -> {(node id, port): array}: every IR value as the
     # target computed it, for `nnspec verify`'s first-diverging-node search
     node_values: Callable | None = None
+    # fuse_ops' mode when `--fuse` is not given: "safe" keeps training semantics (outputs and
+    # gradients), "inference" also folds batch norms and drops dropout (eval mode only), "none".
+    fuse: str = "safe"
 
     def availability(self) -> dict:
         """{"compile": None | why not, "run": None | why not} on this machine."""

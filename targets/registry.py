@@ -11,6 +11,7 @@ Importing this loads no torch, onnx or TensorRT: `nnspec check` and `compile --t
 from __future__ import annotations
 
 from nnspec.compiler.errors import LoweringError
+from nnspec.compiler.passes import fuse_ops
 from nnspec.compiler.passes.manager import DEFAULT_PIPELINE
 
 from .base import Target
@@ -22,10 +23,16 @@ from .torch import target as torch_target
 CORE = tuple(DEFAULT_PIPELINE)
 # The torch target emits a trainable module: nothing here may assume eval mode (dropout and batch
 # statistics stay), and parameters keep the spec's names (the state dict is the interface).
-TRAINING = CORE + ()
+TRAINING = CORE + ("fuse_ops",)  # in `safe` mode by default: outputs and gradients kept
+# Pipeline stages (`--stages K`; no-ops without it), after any pass that adds or replaces nodes so
+# every node the torch target writes carries its stage.
+TRAINING += ("partition_pipeline", "split_stages")
+# Activation checkpointing within `--remat-budget` (a no-op without it); it only marks nodes, so it
+# may run last, and the torch target writes the marked segments under torch.utils.checkpoint.
+TRAINING += ("rematerialize",)
 # ONNX and TensorRT lower the eval-mode form: inference-only passes (folding batch norm into the
 # convolution before it, dropping dropout, the fusion rules) go here.
-INFERENCE = CORE + ()
+INFERENCE = CORE + ("fuse_ops",)  # in `inference` mode by default
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("torch", "model.py: a standalone, trainable nn.Module (no torch needed to compile)", TRAINING,
@@ -33,18 +40,20 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            torch_target.load),
     Target("onnx", "model.onnx + weights.safetensors, run by onnxruntime on the CPU", INFERENCE,
            onnx_target.can_compile, onnx_target.can_run, onnx_target.compile_artifact, onnx_target.runner,
-           onnx_target.load, node_values=onnx_target.node_values),
+           onnx_target.load, node_values=onnx_target.node_values, fuse="inference"),
     Target("trt", "+ model.engine from datacenter TensorRT (needs an NVIDIA GPU to build and run)", INFERENCE,
            trt_target.TRT.can_compile, trt_target.TRT.can_run, trt_target.TRT.compile_artifact,
            trt_target.TRT.runner, trt_target.TRT.load, build_may_fail=True, check=trt_target.TRT.check,
-           lint=trt_target.TRT.lint),
+           lint=trt_target.TRT.lint, fuse="inference"),
     Target("trt-rtx", "+ model.engine from TensorRT-RTX (builds without a GPU; running needs one)", INFERENCE,
            trt_target.TRT_RTX.can_compile, trt_target.TRT_RTX.can_run, trt_target.TRT_RTX.compile_artifact,
            trt_target.TRT_RTX.runner, trt_target.TRT_RTX.load, build_may_fail=True, check=trt_target.TRT_RTX.check,
-           lint=trt_target.TRT_RTX.lint),
+           lint=trt_target.TRT_RTX.lint, fuse="inference"),
 )}
 
 REFERENCE = "torch"  # what verify and bench compare the others with (torch eager)
+# fuse_ops' mode for each target when `--fuse` is not given (the entries' `fuse` field).
+fuse_ops.TARGET_DEFAULTS.update({t.name: t.fuse for t in TARGETS.values()})
 
 
 def names() -> list[str]:

@@ -39,3 +39,13 @@ def test_negative_division_atoms_keep_their_meaning():
     assert [D.resolve(e, {"N": n}) for n in (1, 2, 5)] == [0, 1, 1]
     e = D.sub("T", D.conv_out("T", 3, 2, 1))  # T - (T+1)//2
     assert [D.resolve(e, {"T": t}) for t in (4, 5)] == [2, 2]
+
+
+def test_division_atoms_as_right_factors_keep_their_meaning():
+    # `*` and `//` associate to the left: 4096*(640*N+4095)//4096 would be 640*N+4095
+    e = D.mul(4096, D.floordiv(D.add(D.mul(640, "N"), 4095), 4096))  # whole pages of 640*N bytes
+    assert [D.resolve(e, {"N": n}) for n in (1, 6, 7)] == [4096, 4096, 8192]
+    e = D.mul("M", D.floordiv(D.add("T", 1), 2))
+    f = D.mul(D.floordiv("M", 2), D.floordiv(D.add("T", 1), 2))
+    assert [D.resolve(x, {"M": 3, "T": 4}) for x in (e, f)] == [6, 2]
+    assert D.canonical(e) == e and D.canonical(f) == f

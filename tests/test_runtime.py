@@ -60,7 +60,7 @@ def test_generate_inputs_follow_the_spec():
 
 
 def test_runner_parity_torch_vs_onnxruntime(conv, tmp_path):
-    from nnspec.runtime.compile import compile_artifacts
+    from nnspec.runtime.compile import compile_artifacts, program_for
     from nnspec.runtime.runners import generate_inputs, load_runner, runner_for
 
     x = generate_inputs(conv, {"N": 3}, seed=0)
@@ -68,8 +68,9 @@ def test_runner_parity_torch_vs_onnxruntime(conv, tmp_path):
     o = runner_for(conv, "onnx", seed=0).run({"image": torch.from_numpy(x["image"])})  # torch tensors accepted
     assert t["feat"].shape == (3, 8, 8, 8) and np.max(np.abs(t["feat"] - o["feat"])) < 1e-4
     # From artifact folders: the ONNX artifact and the torch source rebuilt from the manifest's seed.
-    compile_artifacts(conv, "onnx", str(tmp_path / "onnx"), seed=0)
-    compile_artifacts(conv, "torch", str(tmp_path / "torch"), seed=0)
+    # Artifacts are compiled from the program each target's pipeline makes (onnx: batch norms folded).
+    compile_artifacts(program_for(conv, "onnx"), "onnx", str(tmp_path / "onnx"), seed=0)
+    compile_artifacts(program_for(conv, "torch"), "torch", str(tmp_path / "torch"), seed=0)
     a = load_runner(tmp_path / "onnx").run(x)
     b = load_runner(tmp_path / "torch").run(x)
     assert np.max(np.abs(a["feat"] - t["feat"])) < 1e-4 and np.array_equal(b["feat"], t["feat"])
@@ -156,10 +157,10 @@ dynamic_batching { }
 
 
 def test_triton_repository(conv, tmp_path):
-    from nnspec.runtime.compile import compile_artifacts
+    from nnspec.runtime.compile import compile_artifacts, program_for
     from nnspec.runtime.deploy import deploy_triton, triton_config
 
-    compile_artifacts(conv, "onnx", str(tmp_path / "art"), seed=0)
+    compile_artifacts(program_for(conv, "onnx"), "onnx", str(tmp_path / "art"), seed=0)
     dest = deploy_triton(tmp_path / "art", tmp_path / "repo")
     assert dest == tmp_path / "repo" / "mini_conv"
     assert (dest / "config.pbtxt").read_text() == TRITON_GOLDEN

@@ -146,7 +146,8 @@ def test_no_tensorrt_gives_exit_3_after_writing_onnx(tmp_path, monkeypatch):
     with pytest.raises(TensorRTUnavailable) as e:
         require_backend("trt-rtx")
     assert e.value.exit_code == 3
-    p = _program("mini_conv")
+    from nnspec.runtime.compile import program_for
+    p = program_for(str(SPECS / "mini_conv.yaml"), "trt")  # the trt pipeline's program (batch norms folded)
     with pytest.raises(TensorRTUnavailable):
         compile_artifacts(p, "trt", str(tmp_path))
     assert (tmp_path / "model.onnx").is_file() and not (tmp_path / "model.engine").exists()

@@ -61,7 +61,7 @@ class _Lin:
         if not self.terms:
             return o.scaled(self.const)
         a, b = sorted((_wrap_atom(self.render()), _wrap_atom(o.render())))
-        return _Lin({f"{a}*{b}": 1})
+        return _Lin({f"{a}*{_factor(b)}": 1})
 
     def floordiv(self, o: "_Lin") -> "_Lin":
         if o.terms:
@@ -94,7 +94,7 @@ class _Lin:
                 # unary minus binds tighter than //: "-(T+1)//2" would mean (-(T+1))//2
                 body = a if c == 1 or a.isidentifier() else f"({a})"
             else:
-                body = f"{abs(c)}*{_wrap_atom(a)}"
+                body = f"{abs(c)}*{_factor(_wrap_atom(a))}"
             parts.append(("-" if c < 0 else "+") + body)
         if self.const:
             parts.append(("-" if self.const < 0 else "+") + str(abs(self.const)))
@@ -105,6 +105,18 @@ class _Lin:
 def _wrap_atom(d) -> str:
     s = str(d)
     return s if s.isidentifier() or s.lstrip("-").isdigit() or _balanced_atom(s) else f"({s})"
+
+
+def _factor(s: str) -> str:
+    """`s` as a right-hand factor of `*`: `*` and `//` associate to the left, so `4*(T+1)//2` would
+    mean `(4*(T+1))//2`; an atom holding a top-level division is parenthesised there."""
+    depth = 0
+    for i, ch in enumerate(s):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0 and s.startswith("//", i):
+            return f"({s})"
+    return s
 
 
 def _balanced_atom(s: str) -> bool:

@@ -62,10 +62,12 @@ class Node:
     chain: list = field(default_factory=list)  # list[Frame]: block instantiations that produced it
     scope: tuple = ()  # tuple[Scope]
     body: "Graph | None" = None  # scan body
-    # Facts later passes exchange (pipeline stage, rematerialisation, fusion group).
+    # Facts later passes exchange (pipeline stage, rematerialisation, fusion group); `marks` holds
+    # other decisions by name (the checkpoint segment a recomputed node belongs to), shown in dumps.
     stage: int | None = None
     remat: bool = False
     fused: str | None = None
+    marks: dict = field(default_factory=dict)
     index: int = 0
 
     @property
@@ -99,6 +101,9 @@ class Graph:
         self.outputs: dict[str, tuple[str, int]] = {}
         self.symbols: dict[str, dict] = {}  # dim symbol -> {min, opt, max}
         self.instances: dict[str, Instance] = {}  # "layer1.0" -> block instance
+        # Pipeline stages (compiler/partition.StageIO: nodes, tensors received and sent), recorded
+        # by the split_stages pass from the nodes' `stage` marks; empty unless it ran with stages.
+        self.stages: list = []
         self._counter = itertools.count()
         # What passes read most, kept beside the networkx graph (whose views are slow to walk on
         # 100k-node graphs): nodes by id, the node list, the topological order, and each node's
@@ -261,6 +266,7 @@ class Graph:
         types = ", ".join(str(t) for t in node.outputs) or "?"
         marks = "".join(f" @{k}={v}" for k, v in (("stage", node.stage), ("fused", node.fused)) if v is not None)
         marks += " @remat" if node.remat else ""
+        marks += "".join(f" @{k}={_fmt(v)}" for k, v in sorted(node.marks.items()))
         where = f"  # {node.loc}" if node.loc else ""
         return f"%{node.id} = {node.op}({args}){attrs} : {types}{marks}{where}"
 
@@ -271,6 +277,7 @@ class Graph:
             if n.body is not None:
                 lines.append(n.body.dump(indent + "    "))
         outs = ", ".join(f"{k}=%{v[0]}" + (f":{v[1]}" if v[1] else "") for k, v in self.outputs.items())
+        lines.extend(f"{indent}  {s.text()}" for s in self.stages)
         lines.append(f"{indent}  return {outs}")
         return "\n".join(lines)
 

@@ -49,6 +49,71 @@ def _sdpa_flops(batch, tq, tk, d, dv):
     return D.mul(2 * (d + dv), D.prod([batch, tq, tk]))
 
 
+def _eq(a, b):
+    """1 where dims a and b (each >= 1) are equal, else 0, as a dim expression."""
+    if same_dim(a, b):
+        return 1
+    if isinstance(a, int) and isinstance(b, int):
+        return 0
+    return D.mul(D.floordiv(a, b), D.floordiv(b, a))
+
+
+def _either(x, y):
+    """x or y, for 0/1 dim expressions."""
+    return D.sub(D.add(x, y), D.mul(x, y))
+
+
+def _cpu_flash(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None, dropout: float):
+    """1 where F.scaled_dot_product_attention runs torch's fused CPU (flash) kernel in training, else
+    0, as a dim expression (the batch sizes may decide). Measured on torch 2.14's CPU dispatch:
+    3-d q, k, v run as [1, B, T, d]; the kernel needs 4-d q, k, v of one batch size, k and v of one
+    head count equal to q's or 1, one head dim, no dropout, and no mask or a bool one of rank 2 or 4
+    (any rank up to 3 for 3-d inputs); a float mask requires grad here, which the kernel refuses."""
+    if dropout or not (q.rank == k.rank == v.rank and q.rank in (3, 4)):
+        return 0
+    if mask is not None and (mask.dtype != "bool" or mask.rank not in ((1, 2, 3) if q.rank == 3 else (2, 4))):
+        return 0
+    q4, k4, v4 = ((1,) + t.shape if t.rank == 3 else t.shape for t in (q, k, v))
+    sel = D.mul(_eq(q4[3], k4[3]), _eq(q4[3], v4[3]))  # one head dim
+    sel = D.mul(sel, D.mul(_eq(q4[0], k4[0]), _eq(q4[0], v4[0])))  # one batch size
+    heads = D.mul(_eq(k4[1], v4[1]), _either(_eq(k4[1], q4[1]), _eq(k4[1], 1)))
+    return D.mul(sel, heads)
+
+
+def _sdpa_kept(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None, dropout: float) -> dict:
+    """What SDPA keeps for backward: `flash` (1 where the fused kernel runs, `_cpu_flash`), bytes of
+    tensors it makes (`extra`), where it keeps v itself (`v_kept`) and its output (`output`), all dim
+    expressions; `Cost` fields are built from them.
+
+    The fused kernel keeps q, k, v, its output, the logsumexp of every query row (float32) and a
+    bool mask converted to q's dtype. The composed (math) kernel keeps q and k scaled (copies), the
+    softmax weights [..., Tq, Tk] (with dropout also its mask and the dropped weights) and v, each
+    as its batched matmul reads it: the operand broadcast to the result's batch dims B and flattened
+    to one batch dim, which is a view where the operand's batch holds one element or all of B's,
+    and a copy of the full size otherwise."""
+    flash = _cpu_flash(q, k, v, mask, dropout)
+    lse = TensorType(q.shape[:-1], "float64" if q.dtype == "float64" else "float32")
+    converted = [TensorType(mask.shape, q.dtype)] if mask is not None else []
+    fused = Cost.nbytes(lse, *converted)
+    lead = broadcast([q.shape[:-2], k.shape[:-2], v.shape[:-2]])
+    whole = D.prod(lead)
+
+    def mixed(t):  # 1 where t's batch holds more than one element but fewer than B's
+        p = D.prod(t.shape[:-2])
+        return D.mul(D.sub(1, D.floordiv(1, p)), D.sub(1, D.floordiv(p, whole)))
+
+    def operand(t):  # bytes of the copy of t a batched matmul keeps
+        full = t.with_shape(lead + t.shape[-2:])
+        return D.add(D.mul(D.sub(1, mixed(t)), Cost.nbytes(t)), D.mul(mixed(t), Cost.nbytes(full)))
+
+    scores = q.with_shape(lead + (q.shape[-2], k.shape[-2]))
+    math_extra = D.add(D.add(operand(q), operand(k)), D.mul(3 if dropout else 1, Cost.nbytes(scores)))
+    math_extra = D.add(math_extra, D.mul(mixed(v), Cost.nbytes(v.with_shape(lead + v.shape[-2:]))))
+    math = D.sub(1, flash)
+    return {"flash": flash, "output": flash, "v_kept": D.sub(1, D.mul(math, mixed(v))),
+            "extra": D.add(D.mul(flash, fused), D.mul(math, math_extra)), "math_extra": math_extra}
+
+
 def _sdpa_call(q, k, v, mask, causal, dropout, scale=None) -> str:
     args = [q, k, v]
     if mask:
@@ -121,7 +186,13 @@ class Attention(Op):
 
     def cost(self, a, ins, outs):
         q, k, v = ins[:3]
-        return Cost(flops=_sdpa_flops(D.prod(outs[0].shape[:-2]), q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]))
+        flops = _sdpa_flops(D.prod(outs[0].shape[:-2]), q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1])
+        kept = _sdpa_kept(q, k, v, ins[3] if len(ins) > 3 else None, a.dropout)
+        # backward: two matmuls per forward matmul (the fused kernel's are not counted: >= holds).
+        # q and k are kept where the fused kernel runs, v there or where the math kernel's view is v.
+        return Cost(flops=flops, bwd_flops=D.mul(2, flops),
+                    saved_inputs=((0, kept["flash"]), (1, kept["flash"]), (2, kept["v_kept"])),
+                    saved_outputs=((0, kept["output"]),), saved_extra=kept["extra"])
 
     def to_torch(self, a, ins, m, node):
         mask = ins[3] if len(ins) > 3 else None
@@ -224,7 +295,24 @@ class MultiHeadAttention(Op):
         n, tq, dim = q.shape
         tk = kv.shape[1]
         proj = D.add(D.mul(2 * dim * dim * 2, D.mul(n, tq)), D.mul(2 * dim * dim * 2, D.mul(n, tk)))  # q, out; k, v
-        return Cost(flops=D.add(proj, _sdpa_flops(n, tq, tk, dim, dim)))
+        flops = D.add(proj, _sdpa_flops(n, tq, tk, dim, dim))
+        # The projections keep their inputs (query; key_value when given). The heads are views of
+        # the q projection [N, Tq, D] and the kv projection [N, Tk, 2D]: the fused kernel keeps both
+        # and its output, which out_proj reads as a view; the composed kernel keeps its own copies
+        # (see _sdpa_kept) plus a copy of v's heads for its batched matmul, and out_proj a copy of
+        # the merged heads.
+        q_heads = q.with_shape((n, a.heads, tq, dim // a.heads))
+        kv_heads = kv.with_shape((n, a.heads, tk, dim // a.heads))
+        # The math kernel's view of v's heads (strided in the kv projection) is a view only for N == 1,
+        # of the whole [N, Tk, 2D] projection; otherwise a copy [N, heads, Tk, D/heads].
+        kept = _sdpa_kept(q_heads, kv_heads, kv_heads, ins[2] if len(ins) > 2 else None, a.dropout)
+        kv_proj, one = kv.with_shape((n, tk, 2 * dim)), D.floordiv(1, n)
+        fused = D.add(Cost.nbytes(q, kv_proj, q), kept["extra"])
+        v_math = D.add(D.mul(one, Cost.nbytes(kv_proj)), D.mul(D.sub(1, one), Cost.nbytes(kv)))
+        math = D.add(D.add(v_math, Cost.nbytes(q)), kept["math_extra"])
+        flash = kept["flash"]
+        return Cost(flops=flops, bwd_flops=D.mul(2, flops), saved_inputs=tuple(range(min(len(ins), 2))),
+                    saved_extra=D.add(D.mul(flash, fused), D.mul(D.sub(1, flash), math)))
 
     def to_torch(self, a, ins, m, node):
         dim = node.in_types[0].shape[-1]
@@ -323,7 +411,12 @@ class AdditiveAttention(Op):
         n, t, dk = keys.shape
         per_query = 2 * q.shape[1] * a.hidden
         per_key = 2 * (dk * a.hidden + a.hidden + dk)  # W_k, v, and the weighted sum of keys
-        return Cost(flops=D.add(D.mul(per_query, n), D.mul(per_key, D.mul(n, t))))
+        flops = D.add(D.mul(per_query, n), D.mul(per_key, D.mul(n, t)))
+        # backward: two matmuls per forward one. Kept: query and keys (the projections' inputs; keys
+        # again for the weighted sum), the tanh energies [N, T, hidden] and the weights (output 1).
+        energies = keys.with_shape((n, t, a.hidden))
+        return Cost(flops=flops, bwd_flops=D.mul(2, flops), saved_inputs=(0, 1), saved_outputs=(1,),
+                    saved_extra=Cost.nbytes(energies))
 
     def to_torch(self, a, ins, m, node):
         dq, dk = node.in_types[0].shape[-1], node.in_types[1].shape[-1]

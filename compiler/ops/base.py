@@ -6,8 +6,9 @@ An op subclass declares
   * `fusion`: its fusion class (elementwise | injective | reduction | out_fusable | opaque),
   * `infer(a, ins) -> [TensorType]`: output types (raise `ShapeError` on a mismatch),
   * `params(a, ins) -> {name: ParamSpec}`: parameters/buffers, named as torch names them,
-  * `cost(a, ins, outs) -> Cost`: FLOPs (2 per multiply-add, the FlopCounterMode convention:
-    only matmul/conv/attention-class work counts) and activation bytes,
+  * `cost(a, ins, outs) -> Cost`: forward and backward FLOPs (2 per multiply-add, the
+    FlopCounterMode convention: only matmul/conv/attention-class work counts) and what autograd
+    keeps for backward (`Cost` documents the conventions),
   * `to_torch(a, ins, m, node) -> TorchCode`: the module constructor and forward expression,
   * `to_onnx(a, ins, b, node) -> [output names]`: ONNX nodes, emitted through the target's builder,
   * optionally `to_trt` (a TensorRT-specific ONNX form) and `trt_support(a, ins)` for the lint.
@@ -53,9 +54,84 @@ Pads = Union[Pad, Annotated[list[Pad], Field(min_length=1, max_length=8)]]
 
 @dataclass
 class Cost:
-    flops: int = 0  # 2 x multiply-adds of matmul/conv/attention work
-    act_bytes: int = 0  # bytes of the outputs
-    saved_bytes: int | None = None  # bytes kept for backward (None = inputs' bytes)
+    """What one node costs, per op, in dim expressions (ints, or the canonical strings of
+    compiler/ir/dims.py built with `D.mul`, `D.prod`, ...) that compiler/cost.py resolves at concrete
+    dims and adds up over a graph.
+
+    FLOPs are FlopCounterMode's convention: 2 per multiply-add of matmul/conv/attention-class work
+    only (elementwise work, reductions and softmax count 0).
+      * `flops`: the forward, as torch runs it without autograd.
+      * `bwd_flops`: the backward torch's autograd runs for it (grad of every float input and every
+        parameter), in the same convention: linear and matmul 2x the forward, conv (1 + groups)x (the
+        counter charges the weight gradient over all input channels), recurrent cells less the
+        hidden-state gradient of a first step that starts from zeros.
+
+    Bytes saved for backward: what autograd keeps from the forward until the backward in the common
+    training case -- module in train mode, every float tensor requiring grad (graph inputs included)
+    and every parameter requiring grad -- on torch's CPU kernels. Counted per storage, once: a saved
+    view costs its whole storage, and a tensor saved twice (by one op or by two) counts once.
+    Parameters and buffers are excluded (they are held for the whole run whatever autograd keeps, and
+    remat cannot drop them); graph inputs are included (an activation a node keeps, like any other).
+    An op says which values it keeps, so compiler/cost.py can count a value two nodes keep once:
+      * `saved_inputs`: input slots whose value (its storage) is kept. An entry is a slot, or
+        `(slot, when)` with `when` a dim expression that is 1 where torch keeps the input itself and
+        0 where it keeps a copy instead (the copy's bytes then go in `saved_extra`);
+      * `saved_for`: {slot: input slots} for inputs kept only for some inputs' gradients (mul keeps
+        each operand for the other's): kept only when one of those requires grad;
+      * `saved_outputs`: output slots kept (relu and softmax keep their result); an entry is a slot
+        or `(slot, when)` as for `saved_inputs` (SDPA keeps its output only where the fused kernel runs);
+      * `saved_extra`: bytes of tensors the op makes and keeps that are not its outputs (batch
+        statistics, pooling indices, dropout masks, the intermediates of composite ops, oneDNN's
+        LSTM workspace);
+      * `views`: `(output slot, input slot)` pairs whose output shares the input's storage
+        (reshape, transpose, slice, identity), so keeping one keeps the other;
+      * `state_output`: the outputs are module state (a parameter, a fixed tensor), kept for free;
+      * `differentiable`: False where torch's result never requires grad even from inputs that do
+        (zeros_like): nothing downstream of it keeps anything for its sake.
+    A node none of whose inputs requires grad and that owns no trainable parameter keeps nothing
+    (compiler/cost.py propagates requires-grad through the graph); where only some float inputs
+    require grad, the figure is the all-inputs one (an upper bound: mul(x, constant_mask) keeps x too).
+    """
+
+    flops: object = 0
+    act_bytes: object = 0  # unused: compiler/cost.py sums the outputs' bytes from their types
+    bwd_flops: object = 0
+    saved_inputs: tuple = ()
+    saved_for: dict = field(default_factory=dict)
+    saved_outputs: tuple = ()
+    saved_extra: object = 0
+    views: tuple = ()
+    state_output: bool = False
+    differentiable: bool = True
+
+    @staticmethod
+    def nbytes(*types: TensorType):
+        """Bytes of tensors of types `types` together, as a dim expression."""
+        from ..ir import dims as D
+        from ..ir.dims import DTYPE_BYTES
+        total = 0
+        for t in types:
+            total = D.add(total, D.mul(DTYPE_BYTES[t.dtype], D.prod(t.shape)))
+        return total
+
+    def input_slots(self) -> list[tuple[int, object]]:
+        """`saved_inputs` as (slot, when) pairs (`when` 1 for a plain slot)."""
+        return [(s, 1) if isinstance(s, int) else (s[0], s[1]) for s in self.saved_inputs]
+
+    def output_slots(self) -> list[tuple[int, object]]:
+        """`saved_outputs` as (slot, when) pairs (`when` 1 for a plain slot)."""
+        return [(s, 1) if isinstance(s, int) else (s[0], s[1]) for s in self.saved_outputs]
+
+    def saved_bytes(self, ins: list[TensorType], outs: list[TensorType]):
+        """Bytes this node keeps for backward on its own (its inputs distinct graph inputs), as a dim
+        expression; compiler/cost.py counts values shared between nodes once instead."""
+        from ..ir import dims as D
+        total = self.saved_extra
+        for slot, when in self.input_slots():
+            total = D.add(total, D.mul(when, Cost.nbytes(ins[slot])))
+        for slot, when in self.output_slots():
+            total = D.add(total, D.mul(when, Cost.nbytes(outs[slot])))
+        return total
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from ..ir.dims import TensorType
 from ..limits import MAX_DIM
-from .base import Port, Attrs, Axis, Op, Size, TorchCode, expect, fmt_args, norm_axis, register
+from .base import Port, Attrs, Cost, Axis, Op, Size, TorchCode, expect, fmt_args, norm_axis, register
 from .elementwise import DTYPE_RANGE, check_dtype, scalar0
 from .logic import TORCH_DTYPE
 
@@ -98,6 +98,9 @@ class Constant(Op):
     def infer(self, a, ins):
         return [TensorType(value_shape(a.value, a.dtype), a.dtype)]
 
+    def cost(self, a, ins, outs):
+        return Cost(state_output=True)  # a fixed tensor of the module
+
     def to_torch(self, a, ins, m, node):
         value = _floats(a.value) if a.dtype.startswith(("float", "bfloat")) else a.value
         return TorchCode(expr=f"{m}()", init=f"FixedTensor(torch.tensor({value!r}, dtype={TORCH_DTYPE[a.dtype]}))",
@@ -177,6 +180,10 @@ class Arange(Op):
         expect(len(ins) == 1, "arange with length_of has no input", "in: the tensor whose axis gives the length")
         x = ins[0]
         return [TensorType((x.shape[norm_axis(a.length_of, x.rank)],), a.dtype)]
+
+    def cost(self, a, ins, outs):
+        # a fixed arange is module state; one over an input's length is made per call, without grad
+        return Cost(state_output=True) if a.length_of is None else Cost(differentiable=False)
 
     def to_torch(self, a, ins, m, node):
         dtype = TORCH_DTYPE[a.dtype]

@@ -67,8 +67,16 @@ class Conv(Op):
         return ps
 
     def cost(self, a, ins, outs):
-        per_out = (ins[0].shape[1] // a.groups) * D.prod(a.window.kernel)
-        return Cost(flops=D.mul(2 * per_out, D.prod(outs[0].shape)), act_bytes=0)
+        x, w = ins[0], a.window
+        per_out = (x.shape[1] // a.groups) * D.prod(w.kernel)
+        flops = D.mul(2 * per_out, D.prod(outs[0].shape))
+        # Backward: the input's gradient is the forward's work again, and FlopCounterMode charges the
+        # weight's over all input channels: groups times the forward. x is kept for the weight's.
+        c = Cost(flops=flops, bwd_flops=D.mul(1 + a.groups, flops), saved_inputs=(0,))
+        if w.same and not w.symmetric:  # an even `same` kernel: torch pads a copy of x, and keeps that
+            grown = [D.add(s, abs(e - b)) for s, b, e in zip(x.shape[2:], w.pad_begin, w.pad_end)]
+            c.saved_inputs, c.saved_extra = (), Cost.nbytes(x.with_shape(x.shape[:2] + tuple(grown)))
+        return c
 
     def to_torch(self, a, ins, m, node):
         w = a.window

@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import ShapeError
 from ..ir.dims import TensorType
-from .base import Port, Attrs, NoAttrs, Op, TorchCode, broadcast, expect, fmt_args, register
+from .base import Port, Attrs, Cost, NoAttrs, Op, TorchCode, broadcast, expect, fmt_args, register
 from .linear import FLOAT_DTYPES
 
 INT_DTYPES = ("int64", "int32", "int8", "uint8")
@@ -125,6 +125,17 @@ class Unary(Op):
             check_dtype(self.name, ins[0], allowed)
         return [ins[0]]
 
+    def cost(self, a, ins, outs):
+        # Autograd keeps the result where the derivative is written in it (relu, sigmoid, tanh, exp,
+        # sqrt), nothing for neg, and the input for the rest; identity's output is its input.
+        if self.name == "identity":
+            return Cost(views=((0, 0),))
+        if self.name == "neg":
+            return Cost()
+        if self.name in ("relu", "sigmoid", "tanh", "exp", "sqrt"):
+            return Cost(saved_outputs=(0,))
+        return Cost(saved_inputs=(0,))
+
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=UNARY[self.name][0].format(x=ins[0]))
 
@@ -146,6 +157,9 @@ class LeakyRelu(Op):
     def infer(self, a, ins):
         check_dtype(self.name, ins[0], FLOAT_DTYPES)
         return [ins[0]]
+
+    def cost(self, a, ins, outs):
+        return Cost(saved_inputs=(0,))  # the sign of x picks the slope
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"F.leaky_relu({ins[0]}, {a.slope!r})")
@@ -228,6 +242,9 @@ class Clamp(Op):
             expect(low <= v <= high, f"{name}={v!r} does not fit {x.dtype}", f"a bound in [{low:g}, {high:g}]")
         return [x]
 
+    def cost(self, a, ins, outs):
+        return Cost(saved_inputs=(0,))  # x says where the gradient passes
+
     def to_torch(self, a, ins, m, node):
         lo, hi = self.bounds(a)
         if node.outputs[0].dtype in FLOAT_DTYPES:
@@ -278,6 +295,18 @@ class Binary(Op):
         check_dtype(self.name, ins[0], NUMERIC, BINARY[self.name][2])
         dtype = "float32" if self.name == "div" and ins[0].dtype in INT_DTYPES else ins[0].dtype
         return [TensorType(broadcast([t.shape for t in ins]), dtype)]
+
+    def cost(self, a, ins, outs):
+        if self.name in ("add", "sub"):
+            return Cost()  # the gradient passes unchanged (reduced to each input's shape)
+        if len(ins) > 2:  # ((a * b) * c) ...: every product keeps both factors, partial products too
+            dtype = outs[0].dtype
+            partial = [TensorType(broadcast([t.shape for t in ins[:k]]), dtype) for k in range(2, len(ins))]
+            return Cost(saved_inputs=tuple(range(len(ins))), saved_extra=Cost.nbytes(*partial))
+        # mul keeps each operand for the other's gradient; div keeps b for both and a for b's;
+        # maximum and minimum compare both for either gradient
+        needed = {"mul": {0: (1,), 1: (0,)}, "div": {0: (1,)}}.get(self.name, {})
+        return Cost(saved_inputs=(0, 1), saved_for=needed)
 
     def to_torch(self, a, ins, m, node):
         expr = ins[0]

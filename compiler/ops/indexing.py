@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..ir.dims import TensorType
-from .base import Port, Attrs, Axis, Op, Support, TorchCode, expect, norm_axis, register, same_dim
+from .base import Port, Attrs, Cost, Axis, Op, Support, TorchCode, expect, norm_axis, register, same_dim
 
 
 class AxisAttrs(Attrs):
@@ -54,6 +54,9 @@ class Gather(Op):
     def index_bounds(self, a, ins):
         return {1: ins[0].shape[norm_axis(a.axis, ins[0].rank)]}
 
+    def cost(self, a, ins, outs):
+        return Cost(saved_inputs=(0, 1))  # x (for its shape) and the indices, for x's gradient
+
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"torch.gather({ins[0]}, {a.axis}, {ins[1]})")
 
@@ -80,6 +83,9 @@ class IndexSelect(Op):
 
     def index_bounds(self, a, ins):
         return {1: ins[0].shape[norm_axis(a.axis, ins[0].rank)]}
+
+    def cost(self, a, ins, outs):
+        return Cost(saved_inputs=(1,))  # the indices, for x's gradient
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"torch.index_select({ins[0]}, {a.axis}, {ins[1]})")
@@ -117,6 +123,10 @@ class ScatterAdd(Op):
 
     def index_bounds(self, a, ins):
         return {1: ins[0].shape[norm_axis(a.axis, ins[0].rank)]}
+
+    def cost(self, a, ins, outs):
+        # index_add keeps the indices and the source for the source's gradient (t's is the identity)
+        return Cost(saved_inputs=(1, 2), saved_for={1: (2,), 2: (2,)})
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"{ins[0]}.index_add({a.axis}, {ins[1]}, {ins[2]})")

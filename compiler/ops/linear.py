@@ -52,8 +52,11 @@ class Linear(Op):
         return ps
 
     def cost(self, a, ins, outs):
-        # nn.Linear runs as addmm/mm over the flattened leading dims, even for 1-d inputs.
-        return Cost(flops=D.mul(2 * ins[0].shape[-1], D.prod(outs[0].shape)))
+        # nn.Linear runs as addmm/mm over the flattened leading dims, even for 1-d inputs. Backward:
+        # x's gradient and the weight's, one matmul each; x is kept for the weight's (the weight,
+        # kept for x's, is a parameter).
+        flops = D.mul(2 * ins[0].shape[-1], D.prod(outs[0].shape))
+        return Cost(flops=flops, bwd_flops=D.mul(2, flops), saved_inputs=(0,))
 
     def to_torch(self, a, ins, m, node):
         kw = {} if a.bias else {"bias": False}
@@ -95,6 +98,9 @@ class Embedding(Op):
         pad = None if a.padding_idx is None else a.padding_idx % a.num
         return {"weight": ParamSpec((a.num, a.dim), init=replace(normal(1.0), zero_row=pad))}  # as nn.Embedding
 
+    def cost(self, a, ins, outs):
+        return Cost(saved_inputs=(0,))  # the ids, for the table's gradient (a scatter, no FLOPs)
+
     def index_bounds(self, a, ins):
         return {0: a.num}
 
@@ -119,6 +125,29 @@ def matmul_shape(x: tuple, y: tuple) -> tuple:
     return tuple(out)
 
 
+def _matmul_kept(x: TensorType, y: TensorType, out: TensorType) -> dict:
+    """What torch.matmul keeps for backward: each operand for the other's gradient, except that an
+    operand whose batch dims do not already span the result's is expanded and copied first (the copy
+    is kept, not the operand), and a matrix or vector times a batch of matrices folds the batch into
+    one matrix, a copy unless it is a batch of one."""
+    if y.rank <= 2:
+        return {"saved_inputs": (0, 1), "saved_for": {0: (1,), 1: (0,)}}
+    if x.rank <= 2:  # y's batch is folded into one matrix: a copy, unless it is a batch of one
+        one = D.floordiv(1, D.prod(y.shape[:-2]))
+        return {"saved_inputs": (0, (1, one)), "saved_extra": D.mul(D.sub(1, one), Cost.nbytes(y))}
+    batch = D.prod(out.shape[:-2])
+    inputs, extra = [], 0
+    for slot, t in ((0, x), (1, y)):
+        if t.rank <= 2:
+            inputs.append(slot)
+            continue
+        same = D.floordiv(D.prod(t.shape[:-2]), batch)  # 1 when its batch is the whole batch
+        inputs.append((slot, same))
+        full = t.with_shape(out.shape[:-2] + t.shape[-2:])
+        extra = D.add(extra, D.mul(D.sub(1, same), Cost.nbytes(full)))
+    return {"saved_inputs": tuple(inputs), "saved_extra": extra}
+
+
 @register
 class MatMul(Op):
     """Batched, broadcasting matrix product with torch.matmul semantics (ONNX MatMul)."""
@@ -138,15 +167,17 @@ class MatMul(Op):
 
     def cost(self, a, ins, outs):
         x, y = ins
+        kept = _matmul_kept(x, y, outs[0])
         if y.rank == 1:
-            return Cost()  # torch runs matrix-vector products as mv/dot, which the flop counter does not count
+            return Cost(**kept)  # torch runs matrix-vector products as mv/dot, which the flop counter does not count
         flops = D.mul(2, D.mul(x.shape[-1], D.prod(outs[0].shape)))
         if x.rank == 1 and y.rank >= 3:
             # torch.matmul folds vector @ batch-of-one into mv (uncounted) but runs larger batches as
             # bmm: times (1 - 1//batch), which is 0 for batch 1 and 1 otherwise, keeps that exact.
+            # With autograd on it always takes the mv path: no backward FLOPs counted.
             batch = D.prod(y.shape[:-2])
-            flops = D.mul(flops, D.sub(1, D.floordiv(1, batch)))
-        return Cost(flops=flops)
+            return Cost(flops=D.mul(flops, D.sub(1, D.floordiv(1, batch))), **kept)
+        return Cost(flops=flops, bwd_flops=D.mul(2, flops), **kept)  # one matmul per operand's gradient
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"torch.matmul({ins[0]}, {ins[1]})")

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from ..errors import ShapeError
 from ..ir.dims import TensorType
-from .base import Port, Attrs, NoAttrs, Op, TorchCode, broadcast, expect, register
+from .base import Port, Attrs, Cost, NoAttrs, Op, TorchCode, broadcast, expect, register
 from .elementwise import ONNX_ELEM, check_dtype
 
 CAST_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
@@ -154,6 +154,9 @@ class Where(Op):
                "a bool condition (make one with a comparison, or cast to bool)")
         dtype = one_dtype(self.name, [x, y])
         return [TensorType(broadcast([t.shape for t in ins]), dtype)]
+
+    def cost(self, a, ins, outs):
+        return Cost(saved_inputs=(0,), saved_for={0: (1, 2)})  # the condition routes either gradient
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"torch.where({ins[0]}, {ins[1]}, {ins[2]})")

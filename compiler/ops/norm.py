@@ -10,8 +10,9 @@ from typing import Optional
 
 from pydantic import Field
 from ..init import ONES, ZEROS
+from ..ir.dims import TensorType
 from ..ir.params import ParamSpec
-from .base import Port, Attrs, Eps, Op, Prob, Size, TorchCode, expect, fmt_args, register
+from .base import Port, Attrs, Cost, Eps, Op, Prob, Size, TorchCode, expect, fmt_args, register
 
 EPS = "added to the variance for numerical stability"
 DIMS = "how many trailing axes are normalised together"
@@ -37,6 +38,12 @@ def _per_channel(b, name: str, rank: int) -> str:
     """A [C] tensor reshaped to [C, 1, ...] so it broadcasts over [N, C, *spatial]."""
     return b.op("Unsqueeze", [name, b.const(list(range(1, rank - 1)))]) if rank > 2 else name
 
+
+
+def _stats(x: TensorType, shape: tuple) -> TensorType:
+    """A tensor of the statistics (means, inverse std) torch's CPU norm kernels keep: float32 but
+    for float64 inputs."""
+    return TensorType(tuple(shape), "float64" if x.dtype == "float64" else "float32")
 
 @register
 class BatchNorm(Op):
@@ -66,6 +73,12 @@ class BatchNorm(Op):
         ps["running_var"] = ParamSpec((c,), init=ONES, buffer=True)
         ps["num_batches_tracked"] = ParamSpec((), dtype="int64", init=ZEROS, buffer=True)
         return ps
+
+    def cost(self, a, ins, outs):
+        # training: x and the batch mean and inverse std per channel (running stats are buffers)
+        x = ins[0]
+        stats = _stats(x, (x.shape[1],))
+        return Cost(saved_inputs=(0,), saved_extra=Cost.nbytes(stats, stats))
 
     def to_torch(self, a, ins, m, node):
         rank = node.outputs[0].rank
@@ -131,6 +144,11 @@ class LayerNorm(Op):
             ps["bias"] = ParamSpec(shape, init=ZEROS)
         return ps
 
+    def cost(self, a, ins, outs):
+        x = ins[0]
+        stats = _stats(x, x.shape[:x.rank - a.dims])  # a mean and an inverse std per normalised row
+        return Cost(saved_inputs=(0,), saved_extra=Cost.nbytes(stats, stats))
+
     def to_torch(self, a, ins, m, node):
         shape = _trailing(node.outputs[0], a.dims, "layer_norm")
         kw = {}
@@ -170,6 +188,13 @@ class RMSNorm(Op):
     def params(self, a, ins):
         shape = _trailing(ins[0], a.dims, "rms_norm")
         return {"weight": ParamSpec(shape, init=ONES)} if a.affine else {}
+
+    def cost(self, a, ins, outs):
+        # torch composes it on CPU: x (for x^2 and x * rstd), rstd per row, and x * rstd for the
+        # weight's gradient when affine
+        x = ins[0]
+        rstd = x.with_shape(x.shape[:x.rank - a.dims])
+        return Cost(saved_inputs=(0,), saved_extra=Cost.nbytes(rstd, *([x] if a.affine else [])))
 
     def to_torch(self, a, ins, m, node):
         shape = _trailing(node.outputs[0], a.dims, "rms_norm")
@@ -217,6 +242,11 @@ class GroupNorm(Op):
         c = ins[0].shape[1]
         return {"weight": ParamSpec((c,), init=ONES), "bias": ParamSpec((c,), init=ZEROS)} if a.affine else {}
 
+    def cost(self, a, ins, outs):
+        x = ins[0]
+        stats = _stats(x, (x.shape[0], a.groups))  # a mean and an inverse std per sample and group
+        return Cost(saved_inputs=(0,), saved_extra=Cost.nbytes(stats, stats))
+
     def to_torch(self, a, ins, m, node):
         kw = {}
         if a.eps != 1e-5:
@@ -263,6 +293,13 @@ class LocalResponseNorm(Op):
         expect(x.rank >= 3, f"local_response_norm input has rank {x.rank} ({x})", "rank >= 3: [N, C, *spatial]")
         expect(a.size >= 1, f"size={a.size}", "a window of at least one channel")
         return [x]
+
+    def cost(self, a, ins, outs):
+        # F.local_response_norm composes it: x (squared, and divided), the channel-padded squares
+        # [N, 1, C + size - 1, ...] the window average reads, k + alpha * avg and its power beta
+        x = ins[0]
+        padded = x.with_shape((x.shape[0], 1, x.shape[1] + a.size - 1) + tuple(x.shape[2:]))
+        return Cost(saved_inputs=(0,), saved_extra=Cost.nbytes(padded, x, x))
 
     def to_torch(self, a, ins, m, node):
         kw = {k: getattr(a, k) for k, d in (("alpha", 1e-4), ("beta", 0.75), ("k", 1.0)) if getattr(a, k) != d}

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import Port, Attrs, Op, Sizes, TorchCode, expect, fmt_args, register
+from ..ir.dims import TensorType
+from .base import Port, Attrs, Cost, Op, Sizes, TorchCode, expect, fmt_args, register
 from .geometry import one, window_attrs
 from .linear import FLOAT_DTYPES
 
@@ -76,6 +77,12 @@ class WindowPool(Op):
             spatial.append(size)
         return [x.with_shape(x.shape[:2] + tuple(spatial))]
 
+    def cost(self, a, ins, outs):
+        # both keep x; max pooling also the int64 argmax of every window
+        if WINDOW_POOLS[self.name][1] == "max":
+            return Cost(saved_inputs=(0,), saved_extra=Cost.nbytes(TensorType(outs[0].shape, "int64")))
+        return Cost(saved_inputs=(0,))
+
     def to_torch(self, a, ins, m, node):
         w = a.window
         kw = {}
@@ -125,6 +132,15 @@ class AdaptivePool(Op):
         expect(x.rank == nd + 2, f"{self.name} input has rank {x.rank} ({x})", f"rank {nd + 2}: [N, C, *{nd} spatial]")
         expect(x.dtype in FLOAT_DTYPES, f"{self.name} of a {x.dtype} tensor", "a floating-point tensor (cast it first)")
         return [x.with_shape(x.shape[:2] + self.sizes(a))]
+
+    def cost(self, a, ins, outs):
+        # torch keeps x (and, for max, the int64 argmax of every window); an average down to size 1
+        # runs as mean, which keeps nothing
+        if ADAPTIVE_POOLS[self.name][1] == "max":
+            return Cost(saved_inputs=(0,), saved_extra=Cost.nbytes(TensorType(outs[0].shape, "int64")))
+        if all(s == 1 for s in self.sizes(a)):
+            return Cost()
+        return Cost(saved_inputs=(0,))
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"F.{self.name}({ins[0]}, {one(self.sizes(a))!r})")

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from ..init import normal
 from ..ir.params import ParamSpec
-from .base import Port, Attrs, DropP, Op, Size, TorchCode, expect, fmt_args, register
+from .base import Port, Attrs, Cost, DropP, Op, Size, TorchCode, expect, fmt_args, register
 
 SNIPPET = '''
 class PositionalEncoding(nn.Module):
@@ -73,6 +73,10 @@ class PositionalEncoding(Op):
 
     def params(self, a, ins):
         return {"weight": ParamSpec((a.max_len, ins[0].shape[2]), init=normal(0.02))} if a.kind == "learned" else {}
+
+    def cost(self, a, ins, outs):
+        # x + table keeps nothing; the dropout after it keeps its mask (see dropout)
+        return Cost(saved_extra=Cost.nbytes(ins[0]) if a.dropout else 0)
 
     def to_torch(self, a, ins, m, node):
         kw = {}

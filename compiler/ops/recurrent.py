@@ -63,6 +63,77 @@ def _cell_flops(kind: str, rows, cin: int, hidden: int):
     return D.mul(2 * GATES[kind] * hidden * (cin + hidden), rows)
 
 
+def _first_step_bwd(kind: str, ins: list, runs: int, batch, hidden: int):
+    """Backward FLOPs torch skips when the state starts at zero (not given): the first step's
+    gradient through W_hh to that state, once per layer and direction (`runs`)."""
+    return 0 if len(ins) > 1 else D.mul(runs * 2 * GATES[kind] * hidden * hidden, batch)
+
+
+PAGE = 4096  # oneDNN starts each region of an RNN workspace on a page
+
+
+def _good_ld(n: int) -> int:
+    """oneDNN's leading dimension for rows of n floats: a multiple of 16 (64 bytes), not of 256."""
+    ld = -(-n // 16) * 16
+    return ld + 16 if ld % 256 == 0 else ld
+
+
+def _lstm_workspace(steps, batch, cin: int, hidden: int):
+    """Bytes of the workspace oneDNN's LSTM keeps for backward (saved by torch's CPU
+    `mkldnn_rnn_layer`, one call per layer and direction): gate pre-activations and hidden states
+    per step, and five state buffers of steps + 1 (three as wide as the wider of input and hidden,
+    two cell states), each region rounded up to whole pages; fitted to torch 2.14's oneDNN."""
+    rows, states = D.mul(steps, batch), D.mul(D.add(steps, 1), batch)
+    regions = [D.mul(4 * _good_ld(4 * hidden), rows), D.mul(4 * _good_ld(hidden), rows)]
+    regions += [D.mul(8 * _good_ld(max(cin, hidden)), states)] * 3 + [D.mul(8 * hidden, states)] * 2
+    total = 0
+    for r in regions:
+        total = D.add(total, D.mul(PAGE, D.floordiv(D.add(r, PAGE - 1), PAGE)))
+    return total
+
+
+def _sequence_kept(kind: str, a, ins: list) -> dict:
+    """What nn.LSTM / nn.GRU (batch first, float32, CPU) keep for backward.
+
+    Both keep x, or a time-major copy of it where transposing x is not a view (N > 1 and T > 1;
+    GRU one copy per direction, LSTM one), the initial states (zeros made for absent ones) and,
+    from the second layer, the layer's input (the previous outputs stacked by GRU, concatenated
+    when bidirectional; with dropout the mask and the dropped copy instead). LSTM runs each layer
+    and direction as one oneDNN call keeping its output (y itself, last layer of one direction),
+    final h and c and a workspace; GRU runs cell by cell: each step keeps the hidden-gate
+    pre-activations [N, 3H] and three [N, H] intermediates, and the previous step's state."""
+    x = ins[0]
+    n, t, c = x.shape
+    isz = Cost.nbytes(x.with_shape(()))
+    dirs, h = (2 if a.bidirectional else 1), a.hidden
+    nh = D.mul(n, h)
+    seq = D.mul(t, nh)  # one direction's [T, N, H] output
+    view = D.sub(1, D.mul(D.sub(1, D.floordiv(1, n)), D.sub(1, D.floordiv(1, t))))  # 1 if N == 1 or T == 1
+    inputs = [(0, view)]
+    elems = D.mul(dirs if kind == "gru" else 1, D.mul(D.sub(1, view), D.prod(x.shape)))  # elements of x's dtype
+    workspace = 0  # bytes
+    states = D.mul(a.layers * dirs, nh)
+    for slot in range(1, STATES[kind] + 1):  # h0 (and c0): the given one, or zeros
+        if len(ins) > slot:
+            inputs.append(slot)
+        else:
+            elems = D.add(elems, states)
+    for layer in range(a.layers):
+        if layer > 0:
+            between = 2 if a.dropout else 1 if (dirs == 2 or kind == "gru") else 0
+            elems = D.add(elems, D.mul(between * dirs, seq))
+        cin = c if layer == 0 else h * dirs
+        for _ in range(dirs):
+            if kind == "gru":
+                elems = D.add(elems, D.sub(D.mul(7, seq), nh))  # T x (3 + 3) [N, H], T - 1 states
+                continue
+            own_y = dirs == 1 and layer == a.layers - 1  # that output is y, counted as an output
+            elems = D.add(elems, D.add(D.mul(2, nh), 0 if own_y else seq))
+            workspace = D.add(workspace, _lstm_workspace(t, n, cin, h))
+    outputs = (0,) if kind == "lstm" and dirs == 1 else ()
+    return {"saved_inputs": tuple(inputs), "saved_outputs": outputs, "saved_extra": D.add(D.mul(isz, elems), workspace)}
+
+
 @register
 class Sequence(Op):
     """LSTM / GRU over x[N, T, C] (batch first) with optional initial states, like nn.LSTM / nn.GRU."""
@@ -127,7 +198,9 @@ class Sequence(Op):
         flops = 0
         for cin in self._layer_inputs(a, x.shape[2]):
             flops = D.add(flops, D.mul(self._dirs(a), _cell_flops(self.name, rows, cin, a.hidden)))
-        return Cost(flops=flops)
+        # backward: each projection's input and weight gradients
+        bwd = D.sub(D.mul(2, flops), _first_step_bwd(self.name, ins, a.layers * self._dirs(a), x.shape[0], a.hidden))
+        return Cost(flops=flops, bwd_flops=bwd, **_sequence_kept(self.name, a, ins))
 
     def to_torch(self, a, ins, m, node):
         cin = node.in_types[0].shape[-1]
@@ -255,7 +328,18 @@ class Cell(Op):
         return _cell_params(self.kind(), ins[0].shape[1], a.hidden, a.bias)
 
     def cost(self, a, ins, outs):
-        return Cost(flops=_cell_flops(self.kind(), ins[0].shape[0], ins[0].shape[1], a.hidden))
+        x, kind = ins[0], self.kind()
+        flops = _cell_flops(kind, x.shape[0], x.shape[1], a.hidden)
+        bwd = D.sub(D.mul(2, flops), _first_step_bwd(kind, ins, 1, x.shape[0], a.hidden))
+        # torch composes the cells on CPU. All keep x and the state (zeros when absent: lstm_cell's
+        # h and c share one zeros tensor; given h without c, c is zeros_like(h)); lstm_cell keeps
+        # its gate pre-activations [N, 4H] and tanh(c'), gru_cell the hidden gates [N, 3H] and three
+        # [N, H] intermediates, rnn_cell its result.
+        state = Cost.nbytes(outs[0])
+        zeros = state if len(ins) < STATES[kind] + 1 else 0
+        extra = {"lstm": 5, "gru": 6, "rnn": 0}[kind]
+        return Cost(flops=flops, bwd_flops=bwd, saved_inputs=tuple(range(len(ins))),
+                    saved_outputs=(0,) if kind == "rnn" else (), saved_extra=D.add(zeros, D.mul(extra, state)))
 
     def to_torch(self, a, ins, m, node):
         cin = node.in_types[0].shape[-1]

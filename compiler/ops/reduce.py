@@ -6,7 +6,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from ..ir.dims import TensorType
-from .base import Port, Attrs, Axis, Op, TorchCode, expect, register
+from .base import Port, Attrs, Cost, Axis, Op, TorchCode, expect, register
 from .linear import FLOAT_DTYPES
 
 # name -> (torch method, ONNX op)
@@ -50,6 +50,10 @@ class Reduce(Op):
         dtype = "int64" if self.name == "sum" and x.dtype.startswith(("int", "uint")) else x.dtype
         return [TensorType(tuple(shape), dtype)]
 
+    def cost(self, a, ins, outs):
+        # amax's gradient goes to the elements equal to the result: it keeps both; sum and mean none
+        return Cost(saved_inputs=(0,), saved_outputs=(0,)) if self.name == "max" else Cost()
+
     def to_torch(self, a, ins, m, node):
         axes = a.axes if isinstance(a.axes, int) else tuple(a.axes)
         keep = ", keepdim=True" if a.keepdim else ""
@@ -86,6 +90,9 @@ class Softmax(Op):
         expect(x.dtype in FLOAT_DTYPES, f"{self.name} of a {x.dtype} tensor", "a floating-point tensor")
         _axes(a.axis, x.rank)
         return [x]
+
+    def cost(self, a, ins, outs):
+        return Cost(saved_outputs=(0,))  # both gradients are written in the result
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=SOFTMAX[self.name][0].format(x=ins[0], axis=a.axis))

@@ -228,10 +228,12 @@ class ConvTranspose(Op):
 
     def cost(self, a, ins, outs):
         # Every input element meets a [out/groups, *k] slice of the weight (FlopCounterMode's count
-        # for a transposed convolution: input spatial size, not output).
+        # for a transposed convolution: input spatial size, not output). Backward as a convolution's:
+        # the input's gradient is the forward again, the weight's groups times it; x is kept.
         x = ins[0]
         per_in = (a.out // a.groups) * D.prod(a.window.kernel)
-        return Cost(flops=D.mul(2 * per_in, D.prod(x.shape)))
+        flops = D.mul(2 * per_in, D.prod(x.shape))
+        return Cost(flops=flops, bwd_flops=D.mul(1 + a.groups, flops), saved_inputs=(0,))
 
     def to_torch(self, a, ins, m, node):
         w = a.window

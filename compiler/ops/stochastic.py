@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..ir.dims import TensorType
-from .base import Port, Attrs, NoAttrs, Op, Prob, TorchCode, expect, fmt_args, register, same_dim
+from .base import Port, Attrs, Cost, NoAttrs, Op, Prob, TorchCode, expect, fmt_args, register, same_dim
 from .linear import FLOAT_DTYPES
 
 
@@ -27,6 +27,14 @@ class Dropout(Op):
     def infer(self, a, ins):
         expect(0.0 <= a.p <= 1.0, f"dropout p={a.p}", "a probability 0 <= p <= 1")
         return [ins[0]]
+
+    def cost(self, a, ins, outs):
+        # On CPU, dropout multiplies x by a scaled Bernoulli mask of x's shape and dtype and keeps the
+        # mask; p=0 returns x itself, p=1 multiplies by a 0-d zero.
+        x = ins[0]
+        if a.p == 0:
+            return Cost(views=((0, 0),))
+        return Cost(saved_extra=Cost.nbytes(x.with_shape(() if a.p == 1 else x.shape)))
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"{m}({ins[0]})", init=f"nn.Dropout({fmt_args(a.p)})")
@@ -57,6 +65,10 @@ class GaussianSample(Op):
         expect(mu.rank == logvar.rank and all(same_dim(p, q) for p, q in zip(mu.shape, logvar.shape)),
                f"mu {mu} and logvar {logvar} differ in shape", "mu and logvar of one shape")
         return [TensorType(mu.shape, mu.dtype)]
+
+    def cost(self, a, ins, outs):
+        # mu + exp(logvar / 2) * eps keeps exp's result (its own gradient) and the noise eps
+        return Cost(saved_extra=Cost.nbytes(ins[0], ins[0]))
 
     def to_torch(self, a, ins, m, node):
         mu, logvar = ins

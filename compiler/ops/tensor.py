@@ -16,7 +16,7 @@ from ..ir.dims import TensorType
 from ..limits import MAX_DIM
 from ..init import ONES, ZEROS, normal, trunc_normal, uniform
 from ..ir.params import ParamSpec
-from .base import Port, Attrs, Axis, NoAttrs, Op, Size, TorchCode, expect, fmt_args, register, same_dim
+from .base import Port, Attrs, Cost, Axis, NoAttrs, Op, Size, TorchCode, expect, fmt_args, register, same_dim
 
 Extent = Annotated[int, Field(ge=-1, le=MAX_DIM)]  # a reshape entry: a size, 0 (copy) or -1 (infer)
 from .linear import onnx_scalar
@@ -71,6 +71,9 @@ class Flatten(Op):
         (x,) = ins
         s, e = self._range(a, x)
         return [x.with_shape(x.shape[:s] + (D.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])]
+
+    def cost(self, a, ins, outs):
+        return Cost(views=((0, 0),))  # a view of x (x is contiguous where it matters: see compiler/cost.py)
 
     def to_torch(self, a, ins, m, node):
         args = [a.start] + ([a.end] if a.end != -1 else [])
@@ -138,6 +141,9 @@ class Reshape(Op):
                    f"sizes whose product is {D.prod(x.shape)}")
         return [x.with_shape(out)]
 
+    def cost(self, a, ins, outs):
+        return Cost(views=((0, 0),))  # a view of x where x's layout allows, as torch's reshape
+
     def to_torch(self, a, ins, m, node):
         args = [f"{ins[0]}.shape[{i}]" if v == 0 else str(v) for i, v in enumerate(a.shape)]
         return TorchCode(expr=f"{ins[0]}.reshape({', '.join(args)})")
@@ -170,6 +176,9 @@ class Transpose(Op):
         (x,) = ins
         return [x.with_shape(tuple(x.shape[i] for i in _perm(a.perm, x.rank)))]
 
+    def cost(self, a, ins, outs):
+        return Cost(views=((0, 0),))  # a permuted view of x
+
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"{ins[0]}.permute({fmt_args(*a.perm)})")
 
@@ -199,6 +208,9 @@ class Swap(Op):
     def infer(self, a, ins):
         (x,) = ins
         return [x.with_shape(tuple(x.shape[i] for i in self.perm(a, x.rank)))]
+
+    def cost(self, a, ins, outs):
+        return Cost(views=((0, 0),))  # a transposed view of x
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"{ins[0]}.transpose({a.a}, {a.b})")
@@ -250,6 +262,9 @@ class Slice(Op):
         expect(not isinstance(n, int) or n > 0, f"slice {a.start}:{a.end}:{a.step} of axis {a.axis} "
                f"(size {x.shape[ax]}) is empty", "bounds selecting at least one element")
         return [x.with_shape(x.shape[:ax] + (n,) + x.shape[ax + 1:])]
+
+    def cost(self, a, ins, outs):
+        return Cost(views=((0, 0),))  # a view of x
 
     def to_torch(self, a, ins, m, node):
         ax = a.axis % node.outputs[0].rank
@@ -327,6 +342,9 @@ class Split(Op):
         expect(sum(a.sizes) == x.shape[ax], f"split sizes {a.sizes} sum to {sum(a.sizes)}, "
                f"not the size {x.shape[ax]} of axis {a.axis}", f"sizes summing to {x.shape[ax]}")
         return [x.with_shape(x.shape[:ax] + (s,) + x.shape[ax + 1:]) for s in a.sizes]
+
+    def cost(self, a, ins, outs):
+        return Cost(views=tuple((i, 0) for i in range(len(outs))))  # views of x
 
     def to_torch(self, a, ins, m, node):
         expr = f"torch.split({ins[0]}, {list(a.sizes)!r}, {a.axis})"
@@ -413,6 +431,9 @@ class Parameter(Op):
                  "uniform": lambda: uniform(a.std), "zeros": lambda: ZEROS, "ones": lambda: ONES}
         return {"weight": ParamSpec(tuple(a.shape), init=fills[a.fill]())}  # what LearnedTensor draws
 
+    def cost(self, a, ins, outs):
+        return Cost(state_output=True)  # the parameter itself
+
     def to_torch(self, a, ins, m, node):
         kw = {}
         if a.fill != "normal":
@@ -436,6 +457,9 @@ class ZerosLike(Op):
 
     def infer(self, a, ins):
         return [ins[0]]
+
+    def cost(self, a, ins, outs):
+        return Cost(differentiable=False)  # torch.zeros_like never requires grad
 
     def to_torch(self, a, ins, m, node):
         return TorchCode(expr=f"torch.zeros_like({ins[0]})")

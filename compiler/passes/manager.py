@@ -39,6 +39,7 @@ class PassInfo:
     requires: tuple = ()
     doc: str = ""
     changes: tuple = ("structure",)  # what the pass may change: structure, types, params
+    on_request: bool = False  # does nothing unless its options ask (partition_pipeline without --stages)
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,13 @@ class Program:
             yield from walk(g)
 
 
-def register_pass(name: str, requires: tuple = (), changes: tuple = ("structure",)):
+def register_pass(name: str, requires: tuple = (), changes: tuple = ("structure",), on_request: bool = False):
     """Register `fn` as pass `name`. `changes` says what it may alter ("structure": nodes and edges,
     "types": output types, "params": parameters and ties); the graphs are verified after it for
-    what it could have broken."""
+    what it could have broken. An `on_request` pass acts only when its options ask for it, so a
+    program that skipped it is what running it would have made (compile_artifacts accepts that)."""
     def deco(fn):
-        PASSES[name] = PassInfo(name, fn, tuple(requires), (fn.__doc__ or "").strip(), tuple(changes))
+        PASSES[name] = PassInfo(name, fn, tuple(requires), (fn.__doc__ or "").strip(), tuple(changes), on_request)
         return fn
     return deco
 

@@ -133,6 +133,15 @@ class Reference(_Model):
     doc: Optional[Text] = None
 
 
+class PipelineSpec(_Model):
+    """`pipeline: {stages: [[conv1, layer1], [layer2], ...]}`: the spec's own pipeline stages, each a
+    list of block or node-id prefixes, in order (the partition_pipeline pass checks and applies them)."""
+
+    stages: list[Annotated[list[PathName], Field(min_length=1, max_length=10_000)]] = Field(min_length=1,
+                                                                                              max_length=10_000)
+    doc: Optional[Text] = None
+
+
 class SpecModel(_Model):
     nnspec: Literal[1]
     name: Name
@@ -150,6 +159,7 @@ class SpecModel(_Model):
     graphs: dict[GraphName, GraphSpec] = {}
     reference: Optional[Reference] = None
     init_defaults: dict[Name, Any] = {}  # op -> initialiser of its weight, or {param: initialiser}
+    pipeline: Optional[PipelineSpec] = None  # pipeline stages the spec fixes (compiler/partition.py)
     notes: Optional[Text] = None
 
 

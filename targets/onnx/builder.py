@@ -126,12 +126,29 @@ class Builder:
         """Initializer name of `node`'s parameter/buffer `pname`, following ties to the owner."""
         import numpy as np
 
+        key = node.ties.get(pname, f"{node.id}.{pname}")
+        if key in self._s.param_names and pname in node.params:
+            return self._s.param_names[key]
+        arr = self.weight(node, pname)
+        name = self.reserve(key) if key not in self._s.used else self.unique(key)
+        t = self._s.initializers.add()
+        where = self._s.stored.get(key)
+        if where is not None and where[2] == arr.nbytes:  # these very bytes are in the weights file
+            _external(t, arr, name, where)
+        else:
+            _tensor(t, np.asarray(arr, order="C"), name)  # (ascontiguousarray makes 0-d arrays 1-d)
+        self._s.param_names[key] = name
+        return name
+
+    def weight(self, node, pname: str):
+        """The numpy array of `node`'s parameter/buffer `pname` (ties followed) in the weights being
+        lowered: for lowerings that compute constants from weights (a batch norm folded into a conv)."""
+        import numpy as np
+
         if pname not in node.params:
             raise LoweringError(f"node '{node.id}' has no parameter '{pname}'",
                                 expected=f"one of: {', '.join(node.params) or '(none)'}")
         key = node.ties.get(pname, f"{node.id}.{pname}")
-        if key in self._s.param_names:
-            return self._s.param_names[key]
         spec = node.params[pname]
         if key not in self._s.weights:
             raise LoweringError(f"no weight '{key}' for node '{node.id}'",
@@ -146,15 +163,21 @@ class Builder:
         if tuple(arr.shape) != tuple(spec.shape):
             raise LoweringError(f"weight '{key}' has shape {list(arr.shape)}",
                                 expected=f"shape {list(spec.shape)} (from the spec)")
-        name = self.reserve(key) if key not in self._s.used else self.unique(key)
-        t = self._s.initializers.add()
-        where = self._s.stored.get(key)
-        if where is not None and where[2] == arr.nbytes:  # these very bytes are in the weights file
-            _external(t, arr, name, where)
-        else:
-            _tensor(t, np.asarray(arr, order="C"), name)  # (ascontiguousarray makes 0-d arrays 1-d)
-        self._s.param_names[key] = name
+        return arr
+
+    def initializer(self, base: str, array) -> str:
+        """Initializer name of an array computed at lowering time (folded weights, a constant table),
+        named `base` made unique; stored in the model itself, never pointing into the weights file."""
+        import numpy as np
+
+        name = self.unique(base)
+        _tensor(self._s.initializers.add(), np.asarray(array, order="C"), name)
         return name
+
+    def detached(self) -> "Builder":
+        """A builder with the same weights but a model of its own: lowerings evaluated at lowering time
+        (fuse_ops' folded constants) are built there, run, and only their values kept."""
+        return Builder(self._s.weights, self._s.for_trt, self.graph)
 
     def const(self, values, dtype: str = "int64") -> str:
         """Initializer name of a small constant tensor (deduplicated by dtype, shape and content)."""

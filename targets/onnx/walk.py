@@ -12,6 +12,7 @@ from pathlib import PurePath
 
 from nnspec.compiler.errors import LoweringError
 
+from . import folding
 from .common import value_info
 
 
@@ -19,14 +20,17 @@ def lower_graph(b, graph, values: dict) -> dict:
     """Lower every non-input node of `graph` into `b`; `values` maps (node id, port) -> value name
     (pre-filled for the graph's inputs) and is returned completed."""
     b.graph = graph
+    skip = folding.skipped(graph)  # nodes only fuse_ops' folded constants read
     for n in graph.topo():
-        if n.op == "input":
+        if n.op == "input" or n.id in skip:
             continue
-        ins = [values[ref] for ref in graph.inputs_of(n.id)]
+        # (a folded constant reads skipped nodes: its lowering computes them itself)
+        ins = ["" if ref[0] in skip else values[ref] for ref in graph.inputs_of(n.id)]
         op = n.opdef
         first = len(b.nodes)
         try:
-            fn = op.to_trt if b.for_trt else op.to_onnx
+            # a node fuse_ops marked lowers its marked form (targets/onnx/folding.py)
+            fn = folding.lowering(n) or (op.to_trt if b.for_trt else op.to_onnx)
             outs = fn(n.attrs, ins, b.at(n), n)
         except NotImplementedError as e:
             raise _at(LoweringError(f"{n.op} '{n.id}' cannot be lowered to ONNX: {e}",
@@ -71,7 +75,7 @@ def value_infos(b, graph, values: dict, skip: set) -> list:
         if n.op == "input":
             continue
         for i, t in enumerate(n.outputs):
-            name = values[(n.id, i)]
+            name = values.get((n.id, i))  # None: a node only folded constants read (not lowered)
             if name in produced and name not in seen:
                 seen.add(name)
                 out.append(value_info(name, t))

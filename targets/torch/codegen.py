@@ -27,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from nnspec.compiler.errors import LoweringError
 from nnspec.compiler.ir.graph import Graph, Node
 
+from . import checkpoint, folding
 from .pieces import NO, Child, Items, ctor, lex, module_names
 from .share import Line, Note, Sharing, Unit
 
@@ -131,8 +132,10 @@ class Codegen:
         self.by_body: dict[str, str] = {}  # class body -> name: identical classes are one
         self.helpers: dict[str, str] = {}  # snippet name -> code, from the ops' `torch_snippets`
         self._paths: dict[str, str] = {}  # location file -> its spec-relative path
-        self.taken: set = taken_class_names()  # class names in use or never to be used
+        # class names in use or never to be used
+        self.taken: set = taken_class_names() | set(folding.SNIPPETS) | set(checkpoint.SNIPPETS)
         self.reserved_vars: set = RESERVED | set(self.taken)  # local names forward must not rebind
+        self.folded: dict = {}  # id(graph) -> fuse_ops' constants computed in __init__ (targets/torch/folding.py)
 
     # -- units: one class rendering each ------------------------------------------------------
     def new_unit(self, **kw) -> Unit:
@@ -158,9 +161,12 @@ class Codegen:
                 if len(n.scope) > depth:
                     groups.setdefault(_child_key(n, depth), []).append(n)
             emitted: set[str] = set()
+            # rematerialize's segments: their lines go into methods forward checkpoints (checkpoint.py)
+            seg = checkpoint.Segments.of(g, mname, depth, names, lambda: self.root_attrs(nodes))
             for n in nodes:
                 if len(n.scope) <= depth:
-                    self.node_lines(g, n, init, lines, names, used)
+                    out = seg.lines_for(checkpoint.segment_of([n]), [n], lines) if seg and n.op != "input" else lines
+                    self.node_lines(g, n, init, out, names, used)
                     continue
                 key = _child_key(n, depth)
                 if key in emitted:
@@ -171,12 +177,16 @@ class Codegen:
                 chain = self.chained_list(g, key) if sc.kind == "list" and key.endswith(".0") else None
                 if chain:
                     emitted.update(chain)
-                    self.sequential_call(g, chain, sub_depth, groups, init, lines, names, used)
+                    self.sequential_call(g, chain, sub_depth, groups, init, lines, names, used, seg)
                 else:
-                    self.instance_call(g, key, sub_depth, sc, groups[key], init, lines, names, used)
+                    out = seg.lines_for(checkpoint.segment_of(groups[key]), groups[key], lines) if seg else lines
+                    self.instance_call(g, key, sub_depth, sc, groups[key], init, out, names, used)
+            segments = seg.finish(lines) if seg else []
+            self.helpers.update(seg.helpers if seg else {})
             outs = [names[ref] for ref in self._returns[(id(g), mname)]]
             lines.append(Line(lex("return " + ", ".join(outs))))
             methods.append((mname, [a for _, a in args], lines))
+            methods.extend(segments)
         init_lines = []
         for attr, val in init.items():
             if isinstance(val, tuple):
@@ -224,16 +234,30 @@ class Codegen:
                              methods=[("forward",) + tuple(methods[0][1:])], block=inst.block, args=inst.args,
                              inputs=[(nm, _type(g, r)) for nm, r in zip(inst.in_names, inst.in_refs)])
 
-    def sequential_call(self, g, keys, depth, groups, init, lines, names, used):
-        """`layer1 = self.layer1(x)` over an nn.Sequential of a chained repeat's instances."""
+    def sequential_call(self, g, keys, depth, groups, init, lines, names, used, seg=None):
+        """`layer1 = self.layer1(x)` over an nn.Sequential of a chained repeat's instances; with
+        checkpointed segments (`seg`) one call per run of instances in one segment, over a slice
+        (`self.layer1[0:4](x)`) where the run is not the whole repeat."""
         uids = [self.instance_unit(g, k, depth, groups.get(k, [])).uid for k in keys]
-        first, last = g.instances[keys[0]], g.instances[keys[-1]]
         local = keys[0].split(".")[-2]
         attr = ident(local)
         init[attr] = ("nn.Sequential", uids)
-        note = Note((_type(g, last.out_refs[0]),), self.where(_frame_loc(groups.get(keys[0], []), keys[0])))
-        self.bind(last.out_refs, ["out"], local, f"self.{attr}({names[first.in_refs[0]]})", lines, names, used,
-                  note, attr)
+        runs = checkpoint.chain_runs(keys, groups) if seg else [(0, len(keys), None)]
+        for a, b, k in runs:
+            first, last = g.instances[keys[a]], g.instances[keys[b - 1]]
+            run_nodes = [n for key in keys[a:b] for n in groups.get(key, [])]
+            out = seg.lines_for(k, run_nodes, lines) if seg else lines
+            part = "" if (a, b) == (0, len(keys)) else f"[{a}:{b}]"
+            note = Note((_type(g, last.out_refs[0]),), self.where(_frame_loc(groups.get(keys[a], []), keys[a])))
+            self.bind(last.out_refs, ["out"], local, f"self.{attr}{part}({names[first.in_refs[0]]})", out, names,
+                      used, note, attr)
+
+    def root_attrs(self, nodes: list) -> set:
+        """Attribute names the root class's top-level nodes and instances take, and its methods'."""
+        out = set(self.program.graphs) | RESERVED
+        for n in nodes:
+            out.add(ident(n.scope[0].name if n.scope else n.local))
+        return out
 
     def instance_call(self, g, key, depth, sc, nodes, init, lines, names, used):
         inst = g.instances[key]
@@ -266,12 +290,19 @@ class Codegen:
     def node_lines(self, g: Graph, n: Node, init: dict, lines: list, names: dict, used: set) -> None:
         if n.op == "input":
             return
+        if folding.passes_through(n):  # a batch norm folded into the layer before it (fuse_ops)
+            names[(n.id, 0)] = names[g.inputs_of(n.id)[0]]
+            return
         attr = ident(n.local)
-        ins = [names[ref] for ref in g.inputs_of(n.id)]
+        # fuse_ops' constants computed in __init__, and the nodes only they read (targets/torch/folding.py)
+        folded, skip = self.folded.get(id(g)) or self.folded.setdefault(id(g), folding.constants(g, ident))
+        ins = ["None" if ref[0] in skip else names[ref] for ref in g.inputs_of(n.id)]
         if n.body is not None:  # a node with a body (scan) holds it as a submodule class
             init[attr] = [Line((Child(self.body_class(n)),), f"self.{attr}", attr=attr)]
         try:
-            code = n.opdef.to_torch(n.attrs, ins, f"self.{attr}", n)
+            # a node fuse_ops marked has the code of its mark
+            code = folding.to_torch(n, ins, f"self.{attr}", ident, folded) or \
+                checkpoint.scan_code(n, ins, f"self.{attr}", ident) or n.opdef.to_torch(n.attrs, ins, f"self.{attr}", n)
         except LoweringError as e:
             e.loc = e.loc or n.loc
             raise
@@ -290,7 +321,9 @@ class Codegen:
             for pname, init_ in n.init.items():
                 attr_lines.append(Line(lex(init_line(f"self.{attr}.{pname}", init_)), attr=attr))
             init[attr] = attr_lines
-        self.helpers.update({h: n.opdef.torch_snippets[h] for h in code.helpers})
+        self.helpers.update({h: n.opdef.torch_snippets.get(h) or folding.SNIPPETS[h] for h in code.helpers})
+        if n.id in skip:  # only a constant computed in __init__ reads it: no forward line
+            return
         note = Note(tuple(n.outputs), self.where(n.loc))
         if direct:
             lines.extend(Line(lex(s), attr=attr) for s in code.stmts[:-1])
@@ -308,6 +341,8 @@ class Codegen:
         args = [((f"{n.id}.{k}", 0), ident(k)) for k in n.attrs.inputs]
         self._returns[(id(body), "forward")] = list(body.outputs.values())
         init, methods = self.body([("forward", body, body.topo(), args)], 0)
+        if checkpoint.chunk_steps(n):  # rematerialize checkpoints its steps in chunks: the chunk's method
+            methods.append(checkpoint.steps_method(n, ident))
         block = n.attrs.block
         name = camel(block) if camel(block).endswith("Cell") else camel(block) + "Cell"
         return self.new_unit(kind="cell", base=name, doc=f"One step of block '{block}' (run by scan '{n.local}').",
@@ -368,9 +403,11 @@ class Codegen:
             for pname, target in sorted(n.ties.items()):
                 tid, _, tp = target.rpartition(".")
                 lines.append(Line(lex(f"self.{modpath(n.id)}.{pname} = self.{modpath(tid)}.{tp}"), note="tied"))
+        lines += [Line(lex(stmt)) for stmt in folding.root_lines(p)]  # batch norm folds (eval-only)
+        self.helpers.update(folding.helpers_for(p))
         ins, outs = self._io_doc()
-        self.new_unit(kind="root", base=self.root_name, doc=f"{spec.name}: ({ins}) -> ({outs})", init=lines,
-                      methods=methods)
+        doc = f"{spec.name}: ({ins}) -> ({outs})" + (f"\n\n{folding.EVAL_ONLY}" if folding.eval_only(p) else "")
+        self.new_unit(kind="root", base=self.root_name, doc=doc, init=lines, methods=methods)
         Sharing(self.arg_decls(), self.name_class, self.taken, fmt_note, ident).run(self.units)
         self.classes.append(self.root)
         helpers = [self.helpers[h].strip() for h in sorted(self.helpers)]
@@ -378,6 +415,8 @@ class Codegen:
         used = module_names(code) | _snippet_names(helpers)
         imports = (["import math", ""] if "math" in used else []) + (["import torch"] if "torch" in used else []) \
             + ["import torch.nn as nn"] + (["import torch.nn.functional as F"] if "F" in used else [])
+        if any(checkpoint.uses_checkpoint(g) for g in p.graphs.values()):  # rematerialize's segments
+            imports.append(checkpoint.IMPORT)
         env = Environment(loader=FileSystemLoader(str(Path(__file__).parent)), undefined=StrictUndefined,
                           keep_trailing_newline=True, trim_blocks=False)
         text = env.get_template("model.py.j2").render(
@@ -400,6 +439,8 @@ class Codegen:
         lines = [f"{spec.name}: PyTorch module generated by nnspec.", "", made + ".",
                  f"Standalone: needs only torch. Parameters: {param_count(self.program)[0]:,}. "
                  "Do not edit; change the spec and recompile."]
+        if folding.eval_only(self.program):
+            lines += ["", folding.eval_only_note(self.program)]
         paper = spec.model.paper
         if paper:
             lines += ["", f"Paper: {paper.title} ({', '.join(paper.authors)}, {paper.year}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from . import folding
 from .codegen import ident
 
 
@@ -36,6 +37,8 @@ def _namespace(graph) -> dict:
     import torch.nn.functional as F
 
     ns = {"torch": torch, "nn": nn, "F": F, "math": math}
+    for snippet in folding.SNIPPETS.values():  # what nodes fuse_ops marked call (run_cell_over_time)
+        exec(snippet, ns)  # nnspec's own code, not spec text
     seen: set = set()
     stack = [graph]
     while stack:
@@ -48,6 +51,33 @@ def _namespace(graph) -> dict:
             if n.body is not None:
                 stack.append(n.body)
     return ns
+
+
+def node_function(graph, node, module, namespace: dict | None = None):
+    """`f(*inputs) -> tuple of outputs`: `node` of `graph` as its op's torch lowering generates it,
+    bound to `module`'s submodule of the same id, compiled once (what `evaluate` runs per node;
+    `nnspec profile` times it). `namespace`: `_namespace(graph)`, shared between nodes when given."""
+    base = namespace if namespace is not None else _namespace(graph)
+    names = [f"_nnspec_in{i}" for i in range(len(graph.inputs_of(node.id)))]
+    sub = _submodule(module, node.id)
+    # A node fuse_ops marked runs its marked form; a folded batch norm still runs as itself in a
+    # module generated before the pass (which has it, and an unfolded conv before it).
+    marked = None if folding.passes_through(node) and sub is not None else \
+        folding.to_torch(node, names, "_nnspec_m", ident)
+    code = marked or node.opdef.to_torch(node.attrs, names, "_nnspec_m", node)
+    code = code.with_temps({t: f"_nnspec_t_{t}" for t in code.temps})
+    # the op's own generated code (attributes printed with repr), never spec text
+    stmts = compile("\n".join(code.stmts), f"<nnspec:{node.id}>", "exec") if code.stmts else None
+    expr = compile(code.expr, f"<nnspec:{node.id}>", "eval")
+
+    def run(*ins):
+        ns = dict(base, _nnspec_m=sub, **dict(zip(names, ins)))
+        if stmts is not None:  # e.g. a scan's loop over its cell
+            exec(stmts, ns)
+        res = eval(expr, ns)
+        return tuple(res) if isinstance(res, (tuple, list)) else (res,)
+
+    return run
 
 
 def evaluate(program, module, inputs: dict, graph: str = "forward", numpy: bool = True) -> dict:
@@ -67,15 +97,7 @@ def evaluate(program, module, inputs: dict, graph: str = "forward", numpy: bool 
                 if n.op == "input":
                     vals[(n.id, 0)] = torch.as_tensor(inputs[n.attrs.name])
                     continue
-                ins = [vals[ref] for ref in g.inputs_of(n.id)]
-                names = [f"_nnspec_in{i}" for i in range(len(ins))]
-                ns = dict(base, _nnspec_m=_submodule(module, n.id), **dict(zip(names, ins)))
-                code = n.opdef.to_torch(n.attrs, names, "_nnspec_m", n)
-                code = code.with_temps({t: f"_nnspec_t_{t}" for t in code.temps})
-                if code.stmts:  # e.g. a scan's loop over its cell
-                    exec("\n".join(code.stmts), ns)
-                res = eval(code.expr, ns)  # the op's own generated code over bound inputs
-                res = res if isinstance(res, (tuple, list)) else (res,)
+                res = node_function(g, n, module, base)(*[vals[ref] for ref in g.inputs_of(n.id)])
                 for i, r in enumerate(res):
                     vals[(n.id, i)] = r
     finally:
@@ -90,4 +112,4 @@ def evaluate_outputs(program, module, inputs: dict, graph: str = "forward") -> d
     return {name: vals[ref] for name, ref in program.graphs[graph].outputs.items()}
 
 
-__all__ = ["evaluate", "evaluate_outputs"]
+__all__ = ["evaluate", "evaluate_outputs", "node_function"]

@@ -25,11 +25,16 @@ def can_run() -> str | None:
 def compile_artifact(program, folder: Path, job: CompileJob) -> None:
     from ..initialise import initial_weights
     from ..weights import complete_tied, save_weights
-    from .codegen import generate_source
+    from .stages import generate_source  # the whole model, then its pipeline stages' classes when it has any
+
+    from .folding import eval_only
 
     src, cls = generate_source(program)
     atomic_write(folder / "model.py", src.encode())
-    job.manifest["torch"] = {"class": cls, "file": "model.py"}
+    # eval_only: compiled with --fuse inference (batch norms folded into the layers, no dropout)
+    job.manifest["torch"] = {"class": cls, "file": "model.py", "eval_only": eval_only(program)}
+    if program.forward.stages:  # model.py's STAGES and split_state_dict (targets/torch/stages.py)
+        job.manifest["torch"]["stages"] = "STAGES"
     # The checked arrays (or the IR's initial weights for the seed: what onnx and TensorRT get too) are
     # written anew, with tied entries filled in so that a strict `load_state_dict` of the file works.
     arrays = job.arrays if job.arrays is not None else initial_weights(program, job.seed)
@@ -104,9 +109,12 @@ def _load_checked_weights(module, path: Path) -> None:
     import torch
 
     from ..weights import check_state, load_weights
+    from .folding import training_state
 
     state = module.state_dict()
-    expected = {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in state.items()}
+    # An eval-only module (--fuse inference) loads the training weights and folds them as they load.
+    expected = training_state(module) or {k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+                                          for k, v in state.items()}
     owners, tied = {}, {}
     for k, v in state.items():  # keys sharing storage with an earlier key are tied to it (optional)
         ptr = v.untyped_storage().data_ptr()
