@@ -14,8 +14,9 @@ measured (an absolute budget), so the two are compared at equal saved bytes.
 Models: resnet50 (batch 4, 224x224), the 1000-block residual MLP stack
 (benchmarks/specs/residual_stack.yaml, batch 64) and `lstm500`, the LSTM cell scanned over 500 steps
 (benchmarks/specs/scan_lstm.yaml with steps=500, batch 8, `--fuse none` so the scan stays a loop of
-cell calls): nnspec checkpoints its steps in chunks, checkpoint_sequential runs over the 500 steps. The MILP's solve time is measured on 500-unit
-graphs: the residual stack at depth 500 and a random DAG with long skips (no articulation points).
+cell calls): nnspec checkpoints its steps in chunks, checkpoint_sequential runs over the 500 steps.
+The MILP's solve time is measured on 500-unit graphs: the residual stack at depth 500 and a random
+DAG with long skips (no articulation points); `--no-milp-times` leaves that table out.
 
 Goals: at equal saved bytes nnspec's overhead <= checkpoint_sequential's; a 3x cut of saved bytes
 at <= 15% step-time overhead on resnet50; milp on 500-node graphs in <= 10 s.
@@ -247,9 +248,12 @@ def scan_sweep(rounds: int, fractions: list, out: list, steps: int = 500, batch:
         measured = kept_bytes(lambda: m(*xs)[0], state_of(m))
         scans = s.get("scans") or []
         stored = f", last {scans[0]['stored_steps']} stored" if scans and scans[0]["stored_steps"] else ""
-        plan = (f"chunks of {scans[0]['checkpoint_steps']} steps{stored}" if scans else
-                f"{len(s.get('segments', []))} segments") + f", planned in {plan_s:.2f} s ({s.get('solver', 'optimal')})"
-        return dict(label=modules[digest], predicted=s["saved_after"], measured=measured, plan=plan), None
+        redone = steps - scans[0]["stored_steps"] if scans else 0
+        plan = f"chunks of {scans[0]['checkpoint_steps']} steps{stored}" if scans else \
+            f"{len(s.get('segments', []))} segments"
+        plan += f", planned in {plan_s:.2f} s ({s.get('solver', 'optimal')})"
+        return dict(label=modules[digest], predicted=s["saved_after"], measured=measured, plan=plan,
+                    redone=redone), None
 
     for policy in ("chain", "milp"):
         for f in fractions:
@@ -292,26 +296,29 @@ def scan_sweep(rounds: int, fractions: list, out: list, steps: int = 500, batch:
     body = []
     for policy, f, r, why in rows:
         if r is None:
-            body.append([policy, f"{f:.0%}", "-", "-", "-", "-", "-", f"infeasible: {why}"])
+            body.append([policy, f"{f:.0%}", "-", "-", "-", "-", "-", "-", f"infeasible: {why}"])
             continue
         err = (r["predicted"] - r["measured"]) / max(r["measured"], 1)
         body.append([policy, f"{f:.0%}", f"{r['predicted'] / 1e6:.2f}", f"{r['measured'] / 1e6:.2f}",
-                     f"{r['measured'] / full:.1%}", f"{err:+.1%}", over(r["label"]), r["plan"]])
-    out.append(table(["policy", "budget", "predicted MB", "measured MB", "of full", "pred. error", "overhead",
-                      "plan"], body))
+                     f"{r['measured'] / full:.1%}", f"{err:+.1%}", r["redone"], over(r["label"]), r["plan"]])
+    out.append(table(["policy", "budget", "predicted MB", "measured MB", "of full", "pred. error", "steps redone",
+                      "overhead", "plan"], body))
     body = []
     for segs, label, measured, r, why, free in cs_rows:
-        cells = [segs, f"{measured / 1e6:.2f} ({measured / full:.0%})", over(label)]
+        size = steps // segs  # checkpoint_sequential checkpoints all but its last segment
+        cells = [segs, f"{measured / 1e6:.2f} ({measured / full:.0%})", size * (segs - 1), over(label)]
         for v in (r, free):
             if v is None:
-                cells += ["-", "infeasible"]
+                cells += ["-", "-", "infeasible", "-"]
             else:
-                cells += [f"{v['measured'] / 1e6:.2f} ({v['measured'] / full:.0%})", over(v["label"]), v["plan"]]
+                cells += [f"{v['measured'] / 1e6:.2f} ({v['measured'] / full:.0%})", v["redone"], over(v["label"]),
+                          v["plan"]]
         body.append(cells)
     out.append("\ncheckpoint_sequential over the steps against nnspec chain at its bytes (budget = what it "
                "measured), with the default cap (one chunk's saves within the budget) and without it:\n")
-    out.append(table(["segments", "ckpt_seq MB", "ckpt_seq overhead", "nnspec MB", "nnspec overhead", "nnspec plan",
-                      "nnspec no-cap MB", "nnspec no-cap overhead", "no-cap plan"], body))
+    out.append(table(["segments", "ckpt_seq MB", "ckpt_seq steps redone", "ckpt_seq overhead", "nnspec MB",
+                      "nnspec steps redone", "nnspec overhead", "nnspec plan", "nnspec no-cap MB",
+                      "no-cap steps redone", "nnspec no-cap overhead", "no-cap plan"], body))
     out.append("")
 
 

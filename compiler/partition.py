@@ -137,7 +137,7 @@ class ChainPlanner:
 
     def __init__(self, fig: Figures, microbatches: int):
         self.fig, self.m = fig, microbatches
-        self.S = Prefix(fig.saved)
+        self.S = StageSaved(fig)
         self.memo: dict = {}
 
     def kept(self, i: int, j: int, segments) -> tuple:
@@ -205,6 +205,23 @@ class Budget:
         return self.cap is not None or self.fraction is not None or self.activation_cap is not None
 
 
+class StageSaved:
+    """`s(i, j)`: bytes stage [i, j) keeps for backward per microbatch keeping everything: counted
+    storage by storage (`kept_bytes`) when the figures carry storages (a tensor the cost model
+    charges to a node of an earlier stage, as a received input a linear layer keeps, counts here
+    too), else the sum of the positions' `saved`."""
+
+    def __init__(self, fig: Figures):
+        self.fig, self.prefix, self.memo = fig, Prefix(fig.saved), {}
+
+    def s(self, i: int, j: int) -> int:
+        if not self.fig.keeps:
+            return self.prefix.s(i, j)
+        if (i, j) not in self.memo:
+            self.memo[(i, j)] = kept_bytes(self.fig, i, j, ())
+        return self.memo[(i, j)]
+
+
 def kept_bytes(fig: Figures, i: int, j: int, segments) -> int:
     """Bytes stage [i, j) keeps for backward per microbatch when it recomputes `segments` (position
     ranges): every storage a position outside them keeps, each segment's inputs from before it (what
@@ -252,11 +269,11 @@ def plan(fig: Figures, k: int, budget: Budget | None = None, planner: RematPlann
     if not budget.active:
         bound = _bisect_bound(C.c, k)
         cuts = _fewest_bytes(fig, k, bound, C.s)
-        S = Prefix(fig.saved)
+        S = StageSaved(fig)
         return Plan(cuts, bound, [Remat(0, S.s(a, b)) for a, b in zip(cuts, cuts[1:])], [None] * k,
                     lower_bound(fig.cost, k))
     planner = planner or ChainPlanner(fig, budget.microbatches)
-    P, B, S = Prefix(fig.param_bytes), Prefix(fig.buffer_bytes), Prefix(fig.saved)
+    P, B, S = Prefix(fig.param_bytes), Prefix(fig.buffer_bytes), StageSaved(fig)
     memo: dict = {}
 
     def choice(i: int, j: int):
@@ -790,7 +807,7 @@ def report(fig: Figures, pl: Plan, microbatches: int, budget: Budget | None, flo
            program=None) -> dict:
     """The JSON-ready summary of a plan, per stage and in total: what `nnspec plan` prints."""
     k = len(pl.cuts) - 1
-    C, F, A, S = Prefix(fig.cost), Prefix(fig.fwd), Prefix(fig.act), Prefix(fig.saved)
+    C, F, A, S = Prefix(fig.cost), Prefix(fig.fwd), Prefix(fig.act), StageSaved(fig)
     Pn, Pb, Bb, fl = Prefix(fig.params), Prefix(fig.param_bytes), Prefix(fig.buffer_bytes), Prefix(fig.flops)
     sec = (1 / PS) if fig.unit == "ps" else 1 / flops_per_s
     copies = budget.param_copies if budget else PARAM_COPIES

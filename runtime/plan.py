@@ -9,9 +9,11 @@ how) and split_stages records each stage's boundary. The report is that pass's s
 its nodes (first .. last), parameters, FLOPs, predicted time, activation and saved bytes (with and
 without remat) and boundary bytes sent; totals; the balance (max / mean stage time) beside its
 lower bound max(largest node, total / K); the GPipe bubble (K - 1) / (M + K - 1). `--json` carries
-the same fields (`stages`, `balance`, `bubble`, ...). `--memory` and `--remat-budget` (the
-rematerialize pass's forms: 0.33, 33%, or bytes per stage such as 200MB) plan each stage's
-recompute with the cut (compiler/partition.py).
+the same fields (`stages`, `balance`, `bubble`, ...; per stage `kept_bytes_per_microbatch`, what
+its backward keeps with its remat). `--memory` and `--remat-budget` (the rematerialize pass's forms:
+0.33, 33%, or bytes per stage such as 200MB; checked when the arguments are parsed) plan each
+stage's recompute with the cut (compiler/partition.py); `compile --stages K --memory B` writes stage
+classes that run it (torch.utils.checkpoint, targets/torch/stages.py).
 
 The stage flags also serve `nnspec compile --target torch --stages K` (which writes the stage
 classes into model.py) and `nnspec inspect --stages K --dump-after partition_pipeline`.

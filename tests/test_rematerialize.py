@@ -490,3 +490,4 @@ def test_fused_scan_stays_one_unit():
     with pytest.raises(PassError) as e:  # checkpointed whole, the kernel keeps everything again in backward
         program(SCAN, None, ["steps=40"], remat_budget="0.5")
     assert "the smallest feasible budget is 1 " in e.value.message
+    assert "--fuse none so that scan 'rnn' can checkpoint its steps" in e.value.expected

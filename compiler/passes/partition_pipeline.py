@@ -169,7 +169,7 @@ def _spec_plan(program, fig, spec_pipe, budget, ctx) -> P.Plan:
         raise errs[0] if len(errs) == 1 else SpecErrors(errs)
     k = len(spec_pipe.stages)
     cuts = P.cuts_of(assigned, k)
-    S = P.Prefix(fig.saved)
+    S = P.StageSaved(fig)
     remats, memory = [], []
     if budget.active:
         planner = planner_for(fig, budget.microbatches)

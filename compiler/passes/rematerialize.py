@@ -27,13 +27,18 @@ Without a budget the pass does nothing (`on_request`), so the torch pipeline run
 6. Every node of a checkpointed segment is marked `remat` with its segment's number
    (`@remat @segment=2` in `--dump-after rematerialize`). A scan is one unit: stored, checkpointed
    whole, or -- when its body can run again (compiler/remat/model.py rule 4) -- with its steps
-   checkpointed in chunks of k, the last s stored, marked `@checkpoint_steps=k @stored_steps=s` (its T steps are a chain of T equal
-   stages with the carried state between them; `chain` picks k with the other stages, exactly; a
+   checkpointed in chunks of k, the last s stored, marked `@checkpoint_steps=k @stored_steps=s`
+   (its T steps are a chain of T equal stages with the carried state between them: each (k, s) is
+   one of the scan unit's options, which `chain` and `milp` weigh with the other units exactly; a
    chunk's own saves while it is recomputed must fit the cap like a segment's). A scan fused into
    one nn.LSTM / nn.GRU kernel (`--fuse safe`, the torch default) runs its steps inside the kernel:
-   it stays one unit, stored or checkpointed whole (compile with `--fuse none` to chunk it).
+   it stays one unit, stored or checkpointed whole (compile with `--fuse none` to chunk it), and so
+   do the `lstm` / `gru` ops: run over chunks of the sequence, the kernel sums its weight gradients
+   chunk by chunk, so they would no longer be bit-identical to those without a budget (outputs and
+   input gradients are).
 7. The summary (and `nnspec inspect --remat-budget`) reports the plan: budget, bytes kept before
-   and after, the estimated recompute cost, each segment; the manifest records it.
+   and after, the estimated recompute cost, each segment and each chunked scan; the manifest
+   records it.
 """
 from __future__ import annotations
 
@@ -168,7 +173,7 @@ def _plan(model, chain, stages, policy: str, budget: float, cap: float, opts: di
                          f"backward keeps without recomputation) cannot be met for {where}{at} with the "
                          f"{policy} policy: the smallest feasible budget is {smallest / full:.3g} "
                          f"({human_bytes(smallest)}, {int(smallest)} bytes)",
-                         expected=f"--remat-budget {_ceil3(smallest / full)} or more")
+                         expected=f"--remat-budget {_ceil3(smallest / full)} or more" + _unfuse_hint(model))
 
     if policy == "sqrt":
         plan = plan_sqrt(chain)
@@ -182,7 +187,7 @@ def _plan(model, chain, stages, policy: str, budget: float, cap: float, opts: di
         incumbent = to_units(plan)
     except Infeasible as e:
         if policy == "chain":
-            if any(u.chunks or hasattr(u, "offered") for u in model.units):  # the chunks offered depend on the cap
+            if any(u.chunks or u.offered is not None for u in model.units):  # the chunks offered depend on the cap
                 raise infeasible(_smallest_with_chunks(model, None if cap == budget else cap)) from None
             raise infeasible(e.smallest) from None
         incumbent, plan = None, None
@@ -197,6 +202,14 @@ def _plan(model, chain, stages, policy: str, budget: float, cap: float, opts: di
     if status == "incumbent":
         return incumbent[0], incumbent[1], status
     return segs, choices, status
+
+
+def _unfuse_hint(model) -> str:
+    """Rule 6: a scan fused into one kernel cannot checkpoint its steps; unfused it can."""
+    fused = [n.id for u in model.units for n in u.nodes if n.op == "scan" and n.fused is not None]
+    if not fused:
+        return ""
+    return f", or --fuse none so that scan '{fused[0]}' can checkpoint its steps in chunks"
 
 
 def _milp_smallest(model, budget: float, limit: float) -> float:
@@ -243,14 +256,20 @@ def _mark(model, segments: list, choices: dict) -> int:
 
 
 def _fit_chunks(model, cap: float) -> None:
-    """Drop the chunk sizes whose chunk keeps more than `cap` while it is recomputed (rule 6)."""
+    """Drop the chunk sizes whose chunk keeps more than `cap` while it is recomputed (rule 6), and
+    then, per number of stored steps, every option but the one of fewest chunks (it dominates)."""
     for u, unit in enumerate(model.units):
-        if not unit.chunks and not hasattr(unit, "offered"):
+        if not unit.chunks and unit.offered is None:
             continue
-        if not hasattr(unit, "offered"):  # every chunk size the model offers, before any cap
+        if unit.offered is None:  # every chunk size the model offers, before any cap
             unit.offered = (list(unit.chunks), list(unit.chunk_peak), list(model.dag.options[u]))
         chunks, peaks, options = unit.offered
-        fit = [j for j, p in enumerate(peaks) if p <= cap]
+        best: dict = {}  # stored steps -> the fitting option of fewest chunks (fewest bytes, least cost)
+        for j, p in enumerate(peaks):
+            last = chunks[j][1]
+            if p <= cap and (last not in best or options[j][:2] < options[best[last]][:2]):
+                best[last] = j
+        fit = sorted(best.values())
         model.dag.options[u] = [options[j] for j in fit]
         unit.chunks = [chunks[j] for j in fit]
         unit.chunk_peak = [peaks[j] for j in fit]

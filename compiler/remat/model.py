@@ -18,15 +18,18 @@ between them and who keeps each one for backward.
    `options`). Its T steps are a chain of T identical stages with the carried state as the one
    tensor between them, so a chunked scan keeps its inputs plus the carried state at the start of
    each chunk but the first, ceil(T / k) - 1 of them, and recomputes every step once in backward
-   (T steps, plus CHECKPOINT_CALL per chunk: the calls' own overhead). Fewer chunks keep less but recompute more steps at a time:
-   `Unit.chunk_peak[j]` is what one chunk keeps again while it is recomputed (the cap applies to
-   it). Only the k that are smallest for their chunk count are offered. Like checkpoint_sequential's
-   last segment, the last s steps may run stored (backward needs them first): they keep their
-   saves and are not recomputed, so an option is (k, s), s in multiples of T / STORED_LEVELS
-   (s = 0 only for a reverse scan).
+   (T steps, plus CHECKPOINT_CALL per chunk: the calls' own overhead). Fewer chunks keep less but
+   recompute more steps at a time: `Unit.chunk_peak[j]` is what one chunk keeps again while it is
+   recomputed (the cap applies to it). Only the k that are smallest for their chunk count are
+   offered. Like checkpoint_sequential's last segment, the last s steps may run stored (backward
+   needs them first): they keep their saves and are not recomputed, so an option is (k, s), s any
+   number of steps below T when T <= STORED_LEVELS, else a multiple of T / STORED_LEVELS (s = 0
+   only for a reverse scan). Once the cap has dropped the chunks too large for it, the pass keeps
+   per s only the option with the fewest chunks: it keeps fewer bytes at less cost than the rest.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..cost import _steps, graph_cost, saved_values
@@ -36,7 +39,7 @@ from .policies import Dag, Value, dag_memory
 FLOPS = 50e9  # FLOP/s of one core's matmul and convolution kernels (order of magnitude)
 BANDWIDTH = 10e9  # bytes/s a memory-bound kernel moves
 CHECKPOINT_CALL = 50e-6  # seconds one torch.utils.checkpoint call adds besides the recomputation (order of magnitude)
-STORED_LEVELS = 32  # a chunked scan may store its last 0, 1/32, ..., 31/32 of the steps (rule 4)
+STORED_LEVELS = 256  # a chunked scan may store its last s steps, s any of 0 .. T - 1 up to 256 values (rule 4)
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Unit:
     extra: int = 0
     chunks: list = field(default_factory=list)  # rule 4: (steps per chunk, last steps stored) per option
     chunk_peak: list = field(default_factory=list)  # bytes one chunk keeps while it is recomputed
+    offered: tuple | None = None  # (chunks, chunk_peak, options) before a cap dropped any (the pass)
 
 
 @dataclass
@@ -149,6 +153,13 @@ def recomputable_scan(node) -> bool:
     return not any(p.buffer for b in node.body.nodes() for p in b.params.values())
 
 
+def _chunk_sizes(steps: int) -> list:
+    """Each k that is the fewest steps per chunk making ceil(steps / k) chunks (O(sqrt(steps)) of them)."""
+    root = math.isqrt(steps)
+    ks = {-(-steps // count) for count in range(1, root + 2)} | set(range(1, root + 2))
+    return sorted(k for k in ks if 1 <= k <= steps and -(-steps // -(-steps // k)) == k)
+
+
 def scan_options(graph, unit: Unit, vals: dict, saved) -> list:
     """Rule 4's options of a unit that is one recomputable scan: (bytes kept, cost, keeps its inputs,
     keeps its outputs) per (steps per chunk, last steps stored), filling `unit.chunks` and
@@ -165,7 +176,7 @@ def scan_options(graph, unit: Unit, vals: dict, saved) -> list:
     per_step = graph_cost(n.body, vals, None, 1, 1).saved_bytes  # graph_cost is linear in the steps
     # A stored step keeps its slice of an `over` input, but the chunks keep the whole input already.
     body_saved = saved_values(n.body, vals)
-    kept = {saved.root.get(r, r) for refs in body_saved.keeps.values() for r in refs}
+    kept = {body_saved.root.get(r, r) for refs in body_saved.keeps.values() for r in refs}
     slices = sum(n.body.node(f"{n.id}.{name}").outputs[0].nbytes(vals) for name, role in zip(a.inputs, a.roles)
                  if role == "over" and (f"{n.id}.{name}", 0) in kept)
     step_cost = unit.compute / steps
@@ -173,14 +184,10 @@ def scan_options(graph, unit: Unit, vals: dict, saved) -> list:
     options = []
     for last in stored:
         rest = steps - last
-        seen = set()
-        for count in range(1, rest + 1):
-            k = -(-rest // count)  # the fewest steps per chunk that make `count` chunks
-            if k in seen or -(-rest // k) != count:
-                continue
-            seen.add(k)
+        for k in _chunk_sizes(rest):
+            count = -(-rest // k)
             unit.chunks.append((k, last))
             unit.chunk_peak.append(k * per_step)
-            options.append(((count - 1) * state + last * (per_step - slices), rest * step_cost + count * CHECKPOINT_CALL,
-                            True, False))
+            kept_bytes = (count - 1) * state + last * (per_step - slices)
+            options.append((kept_bytes, rest * step_cost + count * CHECKPOINT_CALL, True, False))
     return options

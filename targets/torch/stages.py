@@ -275,7 +275,7 @@ class _Stages:
                     " to fit the memory the plan allows.")
         body = [f"class {name}(nn.Module):", f"    {docstring(doc, '    ')}", "",
                 f"    inputs = {tuple(args)!r}", f"    outputs = {tuple(out_names)!r}",
-                f"    prefixes = {tuple(tree.prefixes)!r}", "", "    def __init__(self):", "        super().__init__()"]
+                _tuple_lines("prefixes", tree.prefixes, "    "), "", "    def __init__(self):", "        super().__init__()"]
         body += ["        " + ln for stmt in tree.init for ln in stmt.split("\n")]
         body += ["", f"    def forward(self{''.join(', ' + a for a in args)}):"]
         body += ["        " + ln for stmt in lines for ln in stmt.split("\n")]
@@ -363,6 +363,22 @@ class _Stages:
     def _type(self, ref):
         nid, port = ref
         return self.g.node(nid).outputs[port]
+
+
+def _tuple_lines(name: str, items: list, indent: str, width: int = 100) -> str:
+    """`name = ('a', 'b')`, wrapped one indented run of items per line when it is too long."""
+    one = f"{indent}{name} = {tuple(items)!r}"
+    if len(one) <= width:
+        return one
+    lines, cur = [], ""
+    for text in (repr(x) + "," for x in items):
+        if cur and len(indent) + 4 + len(cur) + 1 + len(text) > width:
+            lines.append(cur)
+            cur = text
+        else:
+            cur = f"{cur} {text}" if cur else text
+    lines.append(cur)
+    return "\n".join([f"{indent}{name} = ("] + [f"{indent}    {ln}" for ln in lines] + [f"{indent})"])
 
 
 def _segment(node):

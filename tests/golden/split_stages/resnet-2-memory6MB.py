@@ -113,7 +113,12 @@ class Resnet20Stage0(nn.Module):
 
     inputs = ('image',)
     outputs = ('layer2_0_relu2', 'layer2_1_relu1')
-    prefixes = ('conv1.', 'bn1.', 'layer1.0.conv1.', 'layer1.0.bn1.', 'layer1.0.conv2.', 'layer1.0.bn2.', 'layer1.1.', 'layer1.2.', 'layer2.0.conv1.', 'layer2.0.bn1.', 'layer2.0.conv2.', 'layer2.0.bn2.', 'layer2.0.downsample.conv.', 'layer2.0.downsample.bn.', 'layer2.1.conv1.', 'layer2.1.bn1.')
+    prefixes = (
+        'conv1.', 'bn1.', 'layer1.0.conv1.', 'layer1.0.bn1.', 'layer1.0.conv2.', 'layer1.0.bn2.',
+        'layer1.1.', 'layer1.2.', 'layer2.0.conv1.', 'layer2.0.bn1.', 'layer2.0.conv2.',
+        'layer2.0.bn2.', 'layer2.0.downsample.conv.', 'layer2.0.downsample.bn.', 'layer2.1.conv1.',
+        'layer2.1.bn1.',
+    )
 
     def __init__(self):
         super().__init__()
@@ -210,7 +215,11 @@ class Resnet20Stage1(nn.Module):
 
     inputs = ('layer2_0_relu2', 'layer2_1_relu1')
     outputs = ('logits',)
-    prefixes = ('layer2.1.conv2.', 'layer2.1.bn2.', 'layer2.2.', 'layer3.0.', 'layer3.1.conv1.', 'layer3.1.bn1.', 'layer3.1.conv2.', 'layer3.1.bn2.', 'layer3.2.conv1.', 'layer3.2.bn1.', 'layer3.2.conv2.', 'layer3.2.bn2.', 'fc.')
+    prefixes = (
+        'layer2.1.conv2.', 'layer2.1.bn2.', 'layer2.2.', 'layer3.0.', 'layer3.1.conv1.',
+        'layer3.1.bn1.', 'layer3.1.conv2.', 'layer3.1.bn2.', 'layer3.2.conv1.', 'layer3.2.bn1.',
+        'layer3.2.conv2.', 'layer3.2.bn2.', 'fc.',
+    )
 
     def __init__(self):
         super().__init__()

@@ -111,7 +111,10 @@ class TransformerStage1(nn.Module):
 
     inputs = ('layers_0_norm1', 'layers_0_linear1')
     outputs = ('layers_1_add1',)
-    prefixes = ('layers.0.dropout.', 'layers.0.linear2.', 'layers.0.dropout2.', 'layers.0.norm2.', 'layers.1.self_attn.', 'layers.1.dropout1.')
+    prefixes = (
+        'layers.0.dropout.', 'layers.0.linear2.', 'layers.0.dropout2.', 'layers.0.norm2.',
+        'layers.1.self_attn.', 'layers.1.dropout1.',
+    )
 
     def __init__(self):
         super().__init__()
@@ -144,7 +147,10 @@ class TransformerStage2(nn.Module):
 
     inputs = ('layers_1_add1',)
     outputs = ('y',)
-    prefixes = ('layers.1.norm1.', 'layers.1.linear1.', 'layers.1.dropout.', 'layers.1.linear2.', 'layers.1.dropout2.', 'layers.1.norm2.')
+    prefixes = (
+        'layers.1.norm1.', 'layers.1.linear1.', 'layers.1.dropout.', 'layers.1.linear2.',
+        'layers.1.dropout2.', 'layers.1.norm2.',
+    )
 
     def __init__(self):
         super().__init__()
