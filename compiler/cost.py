@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from .errors import NnspecError, clean, quote
@@ -331,6 +332,28 @@ def profile_option(times: dict) -> dict:
     """The one form passes read measured costs in, `PassContext.options["profile"]`:
     {node id: {"fwd": seconds, "bwd": seconds}} (partition_pipeline and rematerialize read it)."""
     return {k: {"fwd": f, "bwd": b} for k, (f, b) in times.items()}
+
+
+# A byte size as users write it on the command line: `800MB`, `1.5GiB`, `24G`, `2.5e10`, `123456`.
+# K, M, G, T are powers of 1000, Ki, Mi, Gi, Ti of 1024; the trailing B is optional.
+_BYTE_SIZE = re.compile(r"\s*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?:([KMGT])(i)?)?B?\s*\Z", re.I)
+BYTE_SIZE_FORMS = "a byte size such as 800MB, 1.5GiB, 24G, 2.5e10 or 123456"
+
+
+def parse_bytes(text: str) -> tuple[float, bool]:
+    """(bytes, unitless decimal) of a byte size (`_BYTE_SIZE`); ValueError when `text` is not one.
+    The flag is True for a plain decimal like `0.33` (no unit, no exponent), which callers that also
+    take fractions read as one."""
+    m = _BYTE_SIZE.match(str(text))
+    if not m or len(str(text)) > 64:
+        raise ValueError(f"not {BYTE_SIZE_FORMS}")
+    number, unit, binary = m.group(1), (m.group(2) or "").upper(), bool(m.group(3))
+    power = "KMGT".index(unit) + 1 if unit else 0
+    value = float(number) * (1024 if binary else 1000) ** power
+    if not math.isfinite(value):
+        raise ValueError(f"not {BYTE_SIZE_FORMS}")
+    plain = not unit and "." in number and "e" not in number.lower() and not str(text).strip().upper().endswith("B")
+    return value, plain
 
 
 _SUFFIX = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12}

@@ -22,25 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-
 from nnspec.compiler.cost import human
 
-_BYTES = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?(?:[eE][0-9]+)?)\s*([KMGT]?)(i?)B?\s*\Z", re.I)
-
-
 def parse_bytes(text: str) -> int:
-    """`16GiB`, `16G`, `1.5e10`, `800MB` -> bytes (K, M, G, T: powers of 1000; Ki, Mi, ...: of 1024)."""
-    m = _BYTES.match(str(text))
-    if not m:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a byte size, e.g. 16GiB, 24G or 2.5e10")
-    value, unit, binary = float(m.group(1)), m.group(2).upper(), bool(m.group(3))
-    if binary and not unit:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a byte size, e.g. 16GiB, 24G or 2.5e10")
-    power = "KMGT".index(unit) + 1 if unit else 0
-    n = int(value * (1024 if binary else 1000) ** power)
+    """`--memory`: a byte size in compiler/cost.parse_bytes' forms (16GiB, 24G, 2.5e10, 800MB) -> bytes."""
+    from nnspec.compiler.cost import BYTE_SIZE_FORMS, parse_bytes as size
+    from nnspec.compiler.errors import clean
+    try:
+        n = int(size(text)[0])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{clean(text, 40)}' is not {BYTE_SIZE_FORMS}") from None
     if n <= 0:
-        raise argparse.ArgumentTypeError(f"--memory {text}: a memory cap is a positive number of bytes")
+        raise argparse.ArgumentTypeError(f"--memory {clean(text, 40)}: a memory cap is a positive number of bytes")
     return n
 
 

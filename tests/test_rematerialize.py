@@ -216,7 +216,9 @@ def test_budget_forms():
     assert parse_budget("200MB") == ("bytes", 200e6)
     assert parse_budget("1GiB") == ("bytes", float(2 ** 30))
     assert parse_budget("123456") == ("bytes", 123456.0)
-    for bad in ("abc", "0", "1.5", "-3MB", "150%", "12 parsecs", "1e9", "__import__('os')"):
+    assert parse_budget("2.5e8") == ("bytes", 2.5e8)  # the byte sizes `nnspec plan --memory` takes too
+    assert parse_budget("24G") == ("bytes", 24e9)
+    for bad in ("abc", "0", "1.5", "-3MB", "150%", "12 parsecs", "1e999", "0.5B", "__import__('os')"):
         with pytest.raises(PassError):
             parse_budget(bad)
 
@@ -314,11 +316,7 @@ ZOO = [  # (spec, preset, overrides, budget, policy)
 def test_zoo_parity_and_predicted_bytes(spec, preset, overrides, budget, policy, monkeypatch):
     base = program(spec, preset, overrides)
     opts = {"remat_budget": budget, **({"remat_policy": policy} if policy else {})}
-    try:
-        remat = program(spec, preset, overrides, **opts)
-    except PassError as e:  # a budget below what the spec allows: the message names the smallest
-        assert "smallest feasible budget" in e.message
-        pytest.skip(e.message)
+    remat = program(spec, preset, overrides, **opts)  # every budget here is feasible: a PassError fails
     s = remat.results["rematerialize"].summary
     assert s["segments"] and s["saved_after"] <= s["budget_bytes"]
     assert "torch.utils.checkpoint.checkpoint(self.segment1" in generate_source(remat)[0]

@@ -42,9 +42,7 @@ Without a budget the pass does nothing (`on_request`), so the torch pipeline run
 """
 from __future__ import annotations
 
-import re
-
-from ..cost import dim_values
+from ..cost import dim_values, parse_bytes
 from ..errors import PassError
 from ..remat import model as remat_model
 from ..remat.policies import Infeasible, chain_of, dag_memory, plan_chain, plan_dag, plan_sqrt
@@ -53,9 +51,6 @@ from .manager import PassContext, PassResult, Program, register_pass
 POLICIES = ("chain", "milp", "sqrt")
 BUDGET_FORMS = "a fraction of what backward keeps without recomputation, such as 0.33 or 33%, or an amount " \
     "such as 200MB, 1.5GiB or 123456 (bytes)"
-_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
-          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
-_AMOUNT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_budget(value) -> tuple[str, float]:
@@ -79,17 +74,16 @@ def parse_budget(value) -> tuple[str, float]:
             raise PassError(f"--remat-budget {shown}: a percentage must be more than 0 and at most 100",
                             expected=BUDGET_FORMS)
         return "fraction", pct / 100
-    m = _AMOUNT.match(text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise PassError(f"--remat-budget {shown!r} is not a budget", expected=BUDGET_FORMS)
-    number, unit = m.group(1), m.group(2).lower()
-    if not unit and "." in number:
-        f = float(number)
+    try:
+        amount, plain = parse_bytes(text)
+    except ValueError:
+        raise PassError(f"--remat-budget {shown!r} is not a budget", expected=BUDGET_FORMS) from None
+    if plain:
+        f = amount
         if not 0 < f <= 1:
             raise PassError(f"--remat-budget {shown}: a fraction must be more than 0 and at most 1",
                             expected=BUDGET_FORMS + " (more than 1 is bytes: write it without a decimal point)")
         return "fraction", f
-    amount = float(number) * _UNITS[unit]
     if amount < 1:
         raise PassError(f"--remat-budget {shown}: the budget must be at least one byte", expected=BUDGET_FORMS)
     return "bytes", float(int(amount))
