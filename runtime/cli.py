@@ -4,6 +4,7 @@
     nnspec check SPEC... [--target trt]          validate specs (exit 1 on a bad spec)
     nnspec inspect SPEC [--preset P] [--set k=v] [--json] [--depth D] [--dump-after PASS] [--target T]
     nnspec compile SPEC --target T -o DIR        T: a target of nnspec.targets.registry (torch, onnx, ...)
+    nnspec train SPEC [--preset P] [--set train.k=v] [--steps N] [--out RUN_DIR] [--resume RUN_DIR]
     nnspec plan SPEC --stages K [--microbatches M] [--memory B] [--json]   pipeline stages, per stage
     nnspec profile SPEC [--dim N=8] [--device cpu|cuda] -o profile.json   measured per-node times
     nnspec graph SPEC --format dot|svg|png|mermaid|json|text
@@ -72,20 +73,10 @@ def _fuse_arg(p: argparse.ArgumentParser, what: str) -> None:
                         "norms and drops dropout (eval only). Default: inference for onnx/trt/trt-rtx, safe for torch")
 
 
-def _remat_budget(text: str) -> str:
-    """--remat-budget checked at parse time (the rematerialize pass's forms); the text is passed on."""
-    from nnspec.compiler.errors import PassError
-    from nnspec.compiler.passes.rematerialize import parse_budget
-    try:
-        parse_budget(text)
-    except PassError as e:
-        raise argparse.ArgumentTypeError(f"{e.message}; expected {e.expected}") from None
-    return text
-
-
 def _remat_arg(p: argparse.ArgumentParser) -> None:
     from nnspec.compiler.passes.rematerialize import POLICIES
-    p.add_argument("--remat-budget", dest="remat", type=_remat_budget, metavar="B",
+    from nnspec.runtime.plan import remat_budget
+    p.add_argument("--remat-budget", dest="remat", type=remat_budget, metavar="B",
                    help="training memory budget for the tensors kept for backward (torch): a fraction of the figure "
                         "without recomputation (0.33, 33%%) or an amount (200MB); checkpointed segments are recomputed "
                         "in backward to fit it")
@@ -351,9 +342,14 @@ def cmd_graph(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from nnspec.compiler.spec.models import json_schema
-    print(json.dumps(json_schema(), indent=1, sort_keys=True))
+    from nnspec.runtime.train.section import spec_schema  # the spec's schema with train: typed
+    print(json.dumps(spec_schema(), indent=1, sort_keys=True))
     return EXIT_OK
+
+
+def cmd_train(args) -> int:
+    from nnspec.runtime.train.command import cmd_train as run
+    return run(args)
 
 
 def cmd_run(args) -> int:
@@ -459,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trt: datacenter TensorRT only (exit 3 without it; TensorRT-RTX is --target trt-rtx)")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="artifact directory (created, or replaced as a whole if nnspec wrote it)")
-    p.add_argument("--weights", metavar="W.safetensors",
-                   help="trained weights (safetensors, checked against the spec) to embed or ship")
+    p.add_argument("--weights", metavar="W.safetensors|RUN_DIR",
+                   help="trained weights, checked against the spec, to embed or ship: a safetensors file, a "
+                        "checkpoint folder, or a run folder of `nnspec train` (its newest checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed of initial weights when --weights is not given (default 0)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="TensorRT precision")
     p.add_argument("--workspace-mb", type=int, help="TensorRT workspace limit in MiB (default: TensorRT's own)")
@@ -471,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="PROFILE.json", help="measured per-node times (`nnspec profile -o`) for "
                    "--stages and --remat-budget to plan with instead of FLOPs")
     p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("train", help="train the generated module on the spec's task (train: section); "
+                       "checkpoints, --resume, DDP (--nproc) and GPipe (--pipeline-stages)",
+                       description="Train a spec's generated PyTorch module on the task its train: section names. "
+                       "--set train.KEY=VALUE changes the recipe (e.g. --set train.optimizer.lr=0.5), --set KEY=VALUE "
+                       "a param, as for compile.")
+    _spec_args(p)
+    from nnspec.runtime.train.command import add_train_args
+    add_train_args(p)
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("plan", help="cut a model into pipeline stages: per stage nodes, params, FLOPs, time, memory, "
                        "bytes sent; balance and GPipe bubble")
@@ -556,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)  # exits 2 on usage errors
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` relaunches it under torchrun
     try:
         return args.fn(args)
     except NnspecError as e:

@@ -37,14 +37,14 @@ def interface(program, graph: str = "forward") -> dict:
     return {"inputs": ins, "outputs": outs}
 
 
-def base_manifest(program, target: str, seed: int, weights: str | None) -> dict:
+def base_manifest(program, target: str, seed: int, weights: str | None, trained: dict | None = None) -> dict:
     spec = program.spec
     rep = cost_report(program)
     return {
         "nnspec_version": __version__, "spec": spec.name, "spec_file": Path(spec.file).name,
         "preset": spec.preset, "overrides": spec.overrides, "spec_sha256": spec.sha256(), "target": target,
         "params": rep.params, "flops": rep.flops, "flops_dims": rep.dims,
-        "weights": {"source": "given" if weights else "seed", "seed": None if weights else seed},
+        "weights": {"source": "given" if weights else "seed", "seed": None if weights else seed, **(trained or {})},
         "passes": list(program.done),  # the pipeline the artifact was compiled with
         **fusion_manifest(program),
         **_stages(program),
@@ -117,7 +117,9 @@ def compile_artifacts(program, target: str, out_dir: str, weights: str | None = 
     from nnspec.targets import registry
     from nnspec.targets.base import CompileJob
     from nnspec.targets.files import staged_folder
-    from nnspec.targets.weights import check_weights, load_weights
+    from nnspec.targets.weights import check_weights
+
+    from nnspec.runtime.train.export import read_weights
 
     from nnspec.compiler.passes.manager import PASSES
 
@@ -128,13 +130,13 @@ def compile_artifacts(program, target: str, out_dir: str, weights: str | None = 
         from nnspec.compiler.errors import LoweringError
         raise LoweringError(f"the program has not been through pass(es) {', '.join(missing)} of the {target} "
                             "pipeline", hint=f"load it with nnspec.runtime.compile.program_for(spec, {target!r})")
-    arrays = None
+    arrays, trained = None, {}
     if weights is not None:  # checked for every target before anything is written
-        arrays = load_weights(weights)
+        arrays, trained = read_weights(weights)  # a file, a checkpoint or a run folder
         check_weights(program, arrays, f"weights in '{weights}'")
     if entry.check is not None:
         entry.check(program)  # e.g. TensorRT's lint: a LoweringError naming each unsupported node
-    manifest = base_manifest(program, target, seed, weights)
+    manifest = base_manifest(program, target, seed, weights, trained)
     job = CompileJob(manifest, arrays, seed, dict(precision=precision, workspace_mb=workspace_mb, opt_level=opt_level))
     with staged_folder(out_dir) as tmp:
         pending = entry.compile(program, tmp, job)

@@ -37,7 +37,7 @@ def parse_bytes(text: str) -> int:
     return n
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -47,9 +47,9 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _remat_budget(text: str) -> str:
+def remat_budget(text: str) -> str:
     """--remat-budget checked at parse time in the rematerialize pass's forms (exit 2 with its message);
-    the text is passed on to partition_pipeline as given."""
+    the text is passed on as given (to rematerialize, or partition_pipeline per stage)."""
     from nnspec.compiler.errors import PassError
     from nnspec.compiler.passes.rematerialize import parse_budget
     try:
@@ -71,10 +71,10 @@ def _rate(text: str) -> float:
 
 def add_stage_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     """--stages, --microbatches, --memory (compile, inspect and plan)."""
-    p.add_argument("--stages", type=_positive_int, required=required, metavar="K",
+    p.add_argument("--stages", type=positive_int, required=required, metavar="K",
                    help="cut the model into K pipeline stages" + ("" if required else " (torch: one class per stage "
                                                                     "in model.py)"))
-    p.add_argument("--microbatches", type=_positive_int, metavar="M",
+    p.add_argument("--microbatches", type=positive_int, metavar="M",
                    help="microbatches per step in flight (GPipe); default 4 x K")
     p.add_argument("--memory", type=parse_bytes, metavar="BYTES",
                    help="memory per stage (e.g. 16GiB): params x4 for gradients and Adam, plus M microbatches' "
@@ -83,7 +83,7 @@ def add_stage_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     """What `nnspec plan` takes besides the spec and the stage flags."""
-    p.add_argument("--remat-budget", type=_remat_budget, metavar="F",
+    p.add_argument("--remat-budget", type=remat_budget, metavar="F",
                    help="let each stage keep at most this much of its activations (0.33, 33%%, or bytes per stage: "
                         "200MB), recomputing the rest")
     p.add_argument("--profile", metavar="PROFILE.json", help="measured per-node times (`nnspec profile -o`) "
@@ -92,7 +92,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="a symbolic dim's value, e.g. the microbatch size N=8 (default N=1, others their opt)")
     p.add_argument("--device-flops", type=_rate, metavar="FLOP/S",
                    help="device rate turning FLOPs into predicted seconds (default 100e12)")
-    p.add_argument("--param-copies", type=_positive_int, metavar="C",
+    p.add_argument("--param-copies", type=positive_int, metavar="C",
                    help="bytes held per parameter byte: weights, gradients, optimizer state (default 4: Adam)")
     p.add_argument("--json", action="store_true", help="machine-readable output (stages, balance, bubble, ...)")
     p.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass instead "

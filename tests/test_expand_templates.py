@@ -60,3 +60,13 @@ def test_names_in_finds_every_name_read():
     assert names_in("${out}") == {"out"}  # a bare name is the whole syntax tree
     assert names_in(["a ${x}", {"k": "${y + cfg.lr}"}, 3]) == {"x", "y", "cfg"}
     assert names_in("${(}") is None  # does not compile: never templated
+
+
+def test_shapes_read_while_expanding_are_inferred_in_dependency_order():
+    """A diamond of untyped nodes (sub -> zeros -> cat and sub -> cat) read by `channels(x)` during
+    expansion: every node is typed after its inputs (this raised an IndexError once)."""
+    from nnspec.compiler import load
+    program = load(str(TESTS / "specs" / "diamond_untyped.yaml"))
+    g = program.forward
+    assert g.node("p.cat").outputs[0].shape == (2, 8, 4, 8)
+    assert g.node("q.r").op == "relu"  # channels(x) == 8 held

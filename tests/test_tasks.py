@@ -16,7 +16,7 @@ from nnspec.runtime.tasks.pointer import convex_hull
 
 EXPECTED = {"copy", "repeat_copy", "associative_recall", "sort", "convex_hull", "tsp", "nth_farthest",
             "char_corpus", "word_corpus", "seq2seq", "ctc_spectrogram", "graph_properties",
-            "sort_of_clevr", "preference_pairs", "retrieval"}
+            "sort_of_clevr", "preference_pairs", "retrieval", "digits", "set_average"}
 
 
 def _make(name, **opts):
@@ -379,3 +379,65 @@ def test_mismatch_names_both_sides():
     with pytest.raises(TaskError, match=r"as f32\[N,10\] but the spec declares it as f32\[N,12\]"):
         check_against(_make("sort"), {"x": {"shape": ["N", 12], "dtype": "float32"}})
     check_against(_make("sort"), {"x": {"shape": ["N", "L"], "dtype": "float32"}})
+
+
+# -- set_average (runtime/tasks/sequences.py) -------------------------------------------------------
+def test_set_average_targets_are_the_normalised_mean():
+    t = _make("set_average", d_model=32, seq_len=6, seed=2)
+    b = t.batch(0, 5)
+    assert b["x"].shape == b["targets"].shape == (5, 6, 32) and t.examples is None
+    x = b["x"].astype(np.float64)
+    m = x.mean(axis=1, keepdims=True)
+    want = (m - m.mean(-1, keepdims=True)) / np.sqrt(m.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(b["targets"], np.broadcast_to(want, x.shape), rtol=1e-5, atol=1e-5)
+    perm = b["x"][:, ::-1]  # a set function: permuting the sequence changes no target
+    np.testing.assert_allclose(perm.astype(np.float64).mean(1), m[:, 0], atol=1e-6)
+    raw = _make("set_average", d_model=32, seq_len=6, seed=2, normalise=False).batch(0, 5)
+    np.testing.assert_allclose(raw["targets"], np.broadcast_to(m * np.sqrt(6), x.shape), rtol=1e-5, atol=1e-5)
+
+
+def test_set_average_needs_attention():
+    """The best position-wise linear map (least squares of targets[t] on x[t], fitted on the very
+    data it is scored on) leaves about 1 - 1/T; the uniform average over the sequence leaves 0."""
+    T, d = 8, 16
+    b = _make("set_average", d_model=d, seq_len=T).batch(0, 2048)
+    x, y = b["x"].reshape(-1, d).astype(np.float64), b["targets"].reshape(-1, d).astype(np.float64)
+    w, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)
+    position_wise = ((np.c_[x, np.ones(len(x))] @ w - y) ** 2).mean()
+    assert abs(position_wise - (1 - 1 / T)) < 0.05
+    m = b["x"].astype(np.float64).mean(1)
+    attended = (m - m.mean(-1, keepdims=True)) / np.sqrt(m.var(-1, keepdims=True) + 1e-5)
+    assert ((attended[:, None] - b["targets"]) ** 2).mean() < 1e-10
+
+
+def test_set_average_fits_the_transformer():
+    check_against(_make("set_average"), compile_spec("transformer").forward, "spec 'transformer'")
+    with pytest.raises(TaskError, match=r"feeds 'x' as f32\[N,16,64\]"):
+        check_against(_make("set_average", d_model=64), compile_spec("transformer").forward, "spec 'transformer'")
+
+
+# -- char_corpus' vocab_size ------------------------------------------------------------------------
+def test_char_vocab_size_keeps_the_most_frequent(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("aaaa" + "ccc" + "bbb" + "dd" + "e" + "ff" + "a" * 40, encoding="utf-8")
+    t = _make("char_corpus", path=str(path), seq_len=2, vocab_size=4)
+    # counts a 44, b 3, c 3, d 2, f 2, e 1: a, then b before c on the tie; the rest read as OTHER
+    assert t.vocab == ["a", "b", "c", text_tasks.OTHER]
+    ids = np.concatenate([t.train, t.valid])
+    assert t.decode(ids[:14]) == "aaaacccbbb" + text_tasks.OTHER * 4
+    assert (ids == 3).sum() == 5 and ids.max() == 3
+    assert _make("char_corpus", path=str(path), seq_len=2).vocab == list("abcdef")
+
+
+def test_char_vocab_65_fits_char_rnn():
+    t = _make("char_corpus", vocab_size=65)
+    everything = _make("char_corpus")
+    assert len(everything.vocab) > 65 and len(t.vocab) == 65 and t.vocab[-1] == text_tasks.OTHER
+    ids = np.concatenate([t.train, t.valid])
+    other = (ids == 64).mean()
+    assert 0 < other < 0.01  # measured 0.55% of the default corpus' characters
+    kept = set(t.vocab[:-1])
+    counts = {ch: n for ch, n in zip(*np.unique(list(text_tasks.read_corpus(None)), return_counts=True))}
+    assert min(counts[ch] for ch in kept) >= max(n for ch, n in counts.items() if ch not in kept)
+    check_against(t, compile_spec("char_rnn").forward, "spec 'char_rnn'")
+    assert t.examples == (len(t.train) - 1) // 50

@@ -84,17 +84,23 @@ def _memo_key(n, ins):
 def infer_now(g: Graph, ref: tuple):
     """The type of output `ref` = (node, port) of `g`, inferring it and the untyped nodes it depends
     on (used while expanding, where expressions read shapes: `${channels(x)}`)."""
-    order, stack, seen = [], [ref[0]], set()
-    while stack:  # untyped ancestors, each after its inputs
-        nid = stack[-1]
-        pending = [s for s, _ in g.inputs_of(nid) if not g.node(s).outputs and s not in seen]
-        if pending:
-            stack.extend(pending)
-            seen.update(pending)
+    # Post-order walk over the untyped ancestors: a node is placed only once all its untyped
+    # inputs are (a diamond, two readers of one untyped node, must not place it after a reader).
+    order, state, stack = [], {}, [(ref[0], False)]
+    while stack:
+        nid, expanded = stack.pop()
+        if expanded:
+            state[nid] = "done"
+            if not g.node(nid).outputs:
+                order.append(nid)
             continue
-        stack.pop()
-        if not g.node(nid).outputs and nid not in order:
-            order.append(nid)
+        if state.get(nid) == "done":
+            continue
+        if state.get(nid) == "visiting":  # reached again below itself
+            raise ShapeError(f"'{nid}' depends on its own output")
+        state[nid] = "visiting"
+        stack.append((nid, True))
+        stack.extend((s, False) for s, _ in g.inputs_of(nid) if not g.node(s).outputs and state.get(s) != "done")
     for nid in order:
         n = g.node(nid)
         if n.op == "input" or n.body is not None:

@@ -64,6 +64,8 @@ class LoadedSpec:
     overrides: dict = field(default_factory=dict)
     block_sources: dict = field(default_factory=dict)  # block name -> Source it was written in
     init_defaults: dict = field(default_factory=dict)  # op -> {param: Init}, from `init_defaults:`
+    # `--set train.*` overrides: they change how the model trains, not the model (kept out of sha256)
+    train_overrides: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -326,7 +328,8 @@ def load_spec(spec: str | Path, preset: str | None = None, overrides: dict | Non
     if preset:
         params = _apply(params, origin, model.presets[preset].params, f"preset '{preset}'",
                         lambda k, value=False: src.loc(("presets", preset, "params", k), key=not value), model.name)
-    overrides = overrides if isinstance(overrides, Overrides) else Overrides(overrides or {})
+    overrides, train_overrides = split_train_overrides(
+        overrides if isinstance(overrides, Overrides) else Overrides(overrides or {}))
     params = _apply(params, origin, overrides, "--set",
                     lambda k, value=False: overrides.locs.get(k, (None, None))[1 if value else 0], model.name)
     # Params may be expressions over earlier params (d_ff: "${4 * d_model}").
@@ -337,7 +340,21 @@ def load_spec(spec: str | Path, preset: str | None = None, overrides: dict | Non
         except ExprError as e:
             raise SpecError(f"param '{k}': {e}", origin.get(k)) from None
     return LoadedSpec(file, src, model, resolved, preset, dict(overrides), block_sources,
-                      _init_defaults(model, src))
+                      _init_defaults(model, src), train_overrides)
+
+
+TRAIN = "train"  # `--set train.optimizer.lr=0.5` goes to the train: section, never to a param
+
+
+def split_train_overrides(overrides: Overrides) -> tuple[Overrides, Overrides]:
+    """(param overrides, `train.*` overrides), each keeping where its items were written."""
+    parts = (Overrides(), Overrides())
+    for key, value in overrides.items():
+        part = parts[key == TRAIN or key.startswith(TRAIN + ".")]
+        part[key] = value
+        if key in overrides.locs:
+            part.locs[key] = overrides.locs[key]
+    return parts
 
 
 def _init_defaults(model: SpecModel, src: Source) -> dict:

@@ -75,6 +75,8 @@ class Preset(_Model):
     params: dict[PathName, Any] = {}
     reported: dict[Name, Figure] = {}
     description: Optional[Text] = None
+    # the paper's recipe for this variant, merged over the spec's `train:` (nnspec.runtime.train.section)
+    train: dict[Name, Any] = {}
 
 
 ArgType = Literal["int", "float", "bool", "str", "list", "any"]
@@ -160,6 +162,9 @@ class SpecModel(_Model):
     reference: Optional[Reference] = None
     init_defaults: dict[Name, Any] = {}  # op -> initialiser of its weight, or {param: initialiser}
     pipeline: Optional[PipelineSpec] = None  # pipeline stages the spec fixes (compiler/partition.py)
+    # How the model trains (task, loss, optimizer, schedule...). Only its structure is a mapping here:
+    # the compiler never reads it; nnspec.runtime.train validates it, with locations, when a run needs it.
+    train: Optional[dict[Name, Any]] = None
     notes: Optional[Text] = None
 
 

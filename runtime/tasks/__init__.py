@@ -8,9 +8,11 @@ for the same seed and step; `task.eval_batches(batch_size)` is the validation da
 Tasks: copy, repeat_copy, associative_recall (NTM); sort, convex_hull, tsp (Pointer Networks,
 Order Matters); nth_farthest (RMC); sort_of_clevr (Relation Networks); graph_properties (MPNN);
 char_corpus (char-rnn), word_corpus (Zaremba et al.); ctc_spectrogram (CTC); seq2seq
-(reversal / copy); preference_pairs (DPO); retrieval (synthetic passages).
+(reversal / copy); preference_pairs (DPO); retrieval (synthetic passages); digits
+(scikit-learn's bundled 8x8 digits, for the image classifiers); set_average (the sequence mean at
+every position, for the transformer encoder).
 """
-from . import clevr, ntm, pairs, pointer, signals, text  # noqa: F401  (registers the tasks)
+from . import clevr, images, ntm, pairs, pointer, sequences, signals, text  # noqa: F401  (registers the tasks)
 from .base import MAX_BATCH, MAX_ELEMENTS, TASKS, Slot, Task, TaskError, TaskOptions, check_against, make_task, register
 
 __all__ = ["MAX_BATCH", "MAX_ELEMENTS", "TASKS", "Slot", "Task", "TaskError", "TaskOptions", "check_against",

@@ -64,6 +64,9 @@ class Task:
     metric: ClassVar[str] = ""
     metric_doc: ClassVar[str] = ""
     eval_size: ClassVar[int] = 8  # validation batches unless options say otherwise
+    # Training examples in one epoch (a finite data set's size, set when the task is built);
+    # None for generators that draw fresh examples forever.
+    examples: int | None = None
 
     def __init__(self, options: TaskOptions):
         self.options = options

@@ -9,6 +9,7 @@ last `valid_fraction` of the token stream is the validation split.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Iterator, Literal, Optional
 
 import numpy as np
@@ -18,6 +19,7 @@ from .base import MAX_EVAL_BATCHES, Slot, Task, TaskError, TaskOptions, _bounded
 
 MAX_CORPUS_BYTES = 32 << 20  # ids are int64: 256 MiB at most for a char corpus
 MAX_VOCAB = 65536
+OTHER = "\ufffd"  # char_corpus' vocab_size: the entry of the one id for all characters not kept
 
 
 def read_corpus(path: Optional[str]) -> str:
@@ -54,6 +56,9 @@ class CharOptions(TaskOptions):
     path: Optional[str] = Field(None, min_length=1, max_length=4096)  # None: pydoc_data.topics
     seq_len: int = Field(50, ge=1, le=4096)  # char-rnn's default seq_length
     valid_fraction: float = Field(0.1, gt=0.0, le=0.5)
+    # None: every distinct character. Set: the `vocab_size - 1` most frequent ones and one id for
+    # all others (65 fits char_rnn's tiny-shakespeare vocabulary to any corpus).
+    vocab_size: Optional[int] = Field(None, ge=2, le=MAX_VOCAB)
 
 
 class _Corpus(Task):
@@ -67,6 +72,7 @@ class _Corpus(Task):
         cut = len(ids) - int(len(ids) * options.valid_fraction)
         self.train, self.valid = ids[:cut], ids[cut:]
         T = options.seq_len
+        self.examples = (len(self.train) - 1) // T  # windows of an epoch: each token a target once
         for split, arr in (("training", self.train), ("validation", self.valid)):
             if len(arr) < T + 1:
                 raise TaskError(f"the corpus' {split} split has {len(arr):,} {self.unit}s; seq_len {T} needs "
@@ -113,7 +119,9 @@ class _Corpus(Task):
 class CharCorpus(_Corpus):
     """Windows of `seq_len` character ids `ids` and the next characters `targets`; training windows
     start anywhere in the training split, validation windows tile the validation split in order.
-    The vocabulary is the sorted set of the corpus' characters."""
+    The vocabulary is the sorted set of the corpus' characters; with `vocab_size`, the sorted
+    `vocab_size - 1` most frequent (ties by character order), then OTHER, the one id every other
+    character reads as."""
 
     Options = CharOptions
     metric = "bits_per_char"
@@ -121,11 +129,17 @@ class CharCorpus(_Corpus):
     unit, joiner = "character", ""
 
     def tokenise(self, text):
-        vocab = sorted(set(text))
-        if len(vocab) > MAX_VOCAB:
-            raise TaskError(f"corpus has {len(vocab):,} distinct characters (at most {MAX_VOCAB:,})")
-        lookup = {c: i for i, c in enumerate(vocab)}
-        return vocab, np.fromiter((lookup[c] for c in text), np.int64, len(text))
+        counts = Counter(text)
+        if len(counts) > MAX_VOCAB:
+            raise TaskError(f"corpus has {len(counts):,} distinct characters (at most {MAX_VOCAB:,})")
+        limit = self.options.vocab_size
+        if limit is None:
+            vocab = sorted(counts)
+        else:
+            vocab = sorted(sorted(counts, key=lambda ch: (-counts[ch], ch))[:limit - 1]) + [OTHER]
+        lookup = {c: i for i, c in enumerate(vocab[:-1] if limit is not None else vocab)}
+        other = len(vocab) - 1  # only read when vocab_size is set: every character is kept otherwise
+        return vocab, np.fromiter((lookup.get(c, other) for c in text), np.int64, len(text))
 
 
 class WordOptions(TaskOptions):

@@ -14,7 +14,8 @@ leaves the previous checkpoints untouched plus a temp folder the next save remov
 `keep` checkpoints stay. `latest_checkpoint` returns the newest folder whose files match their
 sha256; `load_checkpoint` checks every key, shape and dtype against the live model and optimizer
 before it changes anything, so a tampered or foreign checkpoint is a CheckpointError, not a
-traceback. Nothing here pickles: tensors go through safetensors, everything else through JSON.
+traceback. A pipeline run writes the same layout from its gathered stages (`save_state`) and each
+stage loads its slice of one (`load_checkpoint(..., part=Part(...))`). Nothing here pickles: tensors go through safetensors, everything else through JSON.
 """
 from __future__ import annotations
 
@@ -158,11 +159,11 @@ def _tensor_bytes(tensors: dict, what: str) -> bytes:
         raise CheckpointError(f"cannot write {what}: {quote(str(e))}") from None
 
 
-def _split_optimizer(optimizer) -> tuple[dict, dict, list]:
-    """(tensors keyed state.<i>.<name>, non-tensor state {i: {name: value}}, param_groups)."""
+def _split_optimizer(sd: dict) -> tuple[dict, dict, list]:
+    """(tensors keyed state.<i>.<name>, non-tensor state {i: {name: value}}, param_groups) of an
+    optimizer's state_dict()."""
     import torch
 
-    sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, entries in sd["state"].items():
         for name, value in entries.items():
@@ -197,6 +198,17 @@ def save_checkpoint(run_dir, step: int, model, optimizer=None, scheduler=None, r
     rng_state: what `capture_rng()` returns; None captures the torch and python RNGs now (pass
     `capture_rng(generator)` to include a numpy Generator). extra: any JSON object (data-loader
     position, best metric). keep: None keeps every checkpoint. Returns the checkpoint folder."""
+    return save_state(run_dir, step, model.state_dict(),
+                      None if optimizer is None else optimizer.state_dict(),
+                      None if optimizer is None else type(optimizer).__name__, scheduler, rng_state, extra, keep)
+
+
+def save_state(run_dir, step: int, weights: dict, optimizer_state: dict | None = None,
+               optimizer_class: str | None = None, scheduler=None, rng_state: dict | None = None,
+               extra: dict | None = None, keep: int | None = 3) -> Path:
+    """save_checkpoint from plain values: a state dict `weights`, an optimizer's `state_dict()` and
+    its class name. A pipeline run assembles these from its stages (whole-model keys and parameter
+    order), so its checkpoint is the single-process one."""
     name = step_dir_name(step)
     if keep is not None and not _is_int(keep, 1):
         raise CheckpointError(f"keep {quote(keep)} is not a positive integer", hint="or None to keep every checkpoint")
@@ -204,13 +216,12 @@ def save_checkpoint(run_dir, step: int, model, optimizer=None, scheduler=None, r
     if extra is not None and not isinstance(extra, dict):
         raise CheckpointError("extra must be a JSON object (a dict)")
     # Everything is serialised before anything is written: a bad value fails with no folder touched.
-    weights = _tensor_bytes(model.state_dict(), WEIGHTS)
-    files = {WEIGHTS: weights}
+    files = {WEIGHTS: _tensor_bytes(weights, WEIGHTS)}
     opt_json = None
-    if optimizer is not None:
-        tensors, scalars, groups = _split_optimizer(optimizer)
+    if optimizer_state is not None:
+        tensors, scalars, groups = _split_optimizer(optimizer_state)
         files[OPTIMIZER] = _tensor_bytes(tensors, OPTIMIZER)
-        opt_json = {"class": type(optimizer).__name__, "param_groups": groups, "state": scalars}
+        opt_json = {"class": optimizer_class, "param_groups": groups, "state": scalars}
     sched_json = None
     if scheduler is not None:
         sched_json = {"class": type(scheduler).__name__, "state": scheduler.state_dict()}
@@ -430,9 +441,57 @@ def _optimizer_state_dict(optimizer, recorded: dict, tensors: dict) -> dict:
     return {"state": state, "param_groups": fixed}
 
 
+@dataclass(frozen=True)
+class Part:
+    """The piece of a whole-model checkpoint that one pipeline stage loads: `keys` are every key of
+    the whole model's state dict (the checkpoint must hold exactly these; the stage takes its own),
+    `params[j]` is the whole-model index of the stage optimizer's parameter j, and `whole_params`
+    the whole model's parameter count (the checkpoint's optimizer must cover exactly these)."""
+
+    keys: tuple
+    params: tuple
+    whole_params: int
+
+
+def _take_part(weights: dict, part: Part, live: dict, folder: Path) -> dict:
+    missing = sorted(set(part.keys) - set(weights))
+    extra = sorted(set(weights) - set(part.keys))
+    if missing or extra:
+        err = CheckpointError(f"{WEIGHTS} in '{folder}' does not fit this model "
+                              f"({len(missing)} missing, {len(extra)} unexpected keys)",
+                              expected="the keys of the whole model's state_dict",
+                              hint="build the model from the spec the run was started with")
+        err.notes = [f"missing: {quote(k)}" for k in missing[:20]] + [f"unexpected: {quote(k)}" for k in extra[:20]]
+        raise err
+    return {k: weights[k] for k in live if k in weights}
+
+
+def _part_optimizer(recorded: dict, tensors: dict, part: Part) -> tuple[dict, dict]:
+    """The checkpoint's whole-model optimizer state cut to the stage's parameters, renumbered."""
+    groups = recorded.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict) \
+            or groups[0].get("params") != list(range(part.whole_params)):
+        raise CheckpointError(f"the checkpoint's optimizer does not hold one parameter group over the whole "
+                              f"model's {part.whole_params} parameters")
+    local = {str(w): str(j) for j, w in enumerate(part.params)}
+    out_tensors = {}
+    for key, t in tensors.items():
+        m = _OPT_KEY.match(key)
+        if m and m.group(1) in local:
+            out_tensors[f"state.{local[m.group(1)]}.{m.group(2)}"] = t
+    scalars = recorded.get("state")
+    if not isinstance(scalars, dict):
+        raise CheckpointError(f"{STATE}: optimizer.state is not an object")
+    out = {**recorded, "param_groups": [{**groups[0], "params": list(range(len(part.params)))}],
+           "state": {local[i]: v for i, v in scalars.items() if i in local}}
+    return out, out_tensors
+
+
 def load_checkpoint(path, model, optimizer=None, scheduler=None, numpy_generator=None,
-                    restore_rng_state: bool = True) -> Checkpoint:
+                    restore_rng_state: bool = True, part: Part | None = None) -> Checkpoint:
     """Restore model, optimizer, scheduler and RNGs from a checkpoint folder (or a run folder: its latest).
+    With `part`, `model` and `optimizer` are one pipeline stage's, taking their slice of the
+    whole-model checkpoint (see Part).
 
     Everything is read and checked before anything is changed: on a CheckpointError the model and
     optimizer are as they were."""
@@ -447,6 +506,8 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, numpy_generator
     state = _read_state(folder)
     weights = _load_tensors(_read_file(folder, state, WEIGHTS), WEIGHTS)
     live = model.state_dict()
+    if part is not None:
+        weights = _take_part(weights, part, live, folder)
     _check_against({k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in live.items()},
                    weights, f"{WEIGHTS} in '{folder}'")
     opt_sd = None
@@ -454,7 +515,10 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, numpy_generator
         if state.get("optimizer") is None or OPTIMIZER not in state["files"]:
             raise CheckpointError(f"'{folder}' holds no optimizer state", hint="load without an optimizer")
         tensors = _load_tensors(_read_file(folder, state, OPTIMIZER), OPTIMIZER)
-        opt_sd = _optimizer_state_dict(optimizer, state["optimizer"], tensors)
+        recorded = state["optimizer"]
+        if part is not None:
+            recorded, tensors = _part_optimizer(recorded, tensors, part)
+        opt_sd = _optimizer_state_dict(optimizer, recorded, tensors)
     sched = None
     if scheduler is not None:
         sched = state.get("scheduler")
@@ -478,13 +542,14 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, numpy_generator
     return Checkpoint(path=folder, step=state["step"], rng=rng, extra=state.get("extra") or {})
 
 
-def resume(run_dir, model, optimizer=None, scheduler=None, numpy_generator=None) -> Checkpoint | None:
+def resume(run_dir, model, optimizer=None, scheduler=None, numpy_generator=None,
+           part: Part | None = None) -> Checkpoint | None:
     """`--resume RUN_DIR`: load the run's latest complete checkpoint, or None when it has none."""
     found = latest_checkpoint(run_dir)
     if found is None:
         return None
-    return load_checkpoint(found, model, optimizer, scheduler, numpy_generator)
+    return load_checkpoint(found, model, optimizer, scheduler, numpy_generator, part=part)
 
 
-__all__ = ["CHECKPOINTS", "Checkpoint", "CheckpointError", "capture_rng", "latest_checkpoint", "load_checkpoint",
-           "restore_rng", "resume", "save_checkpoint", "step_dir_name", "verify_checkpoint"]
+__all__ = ["CHECKPOINTS", "Checkpoint", "CheckpointError", "Part", "capture_rng", "latest_checkpoint", "load_checkpoint",
+           "restore_rng", "resume", "save_checkpoint", "save_state", "step_dir_name", "verify_checkpoint"]

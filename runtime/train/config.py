@@ -74,10 +74,13 @@ class TaskConfig(Strict):
 
 
 class LossConfig(Strict):
-    """A registered loss and its options (validated by `make_loss`)."""
+    """A registered loss and its options (validated by `make_loss`). `map` renames what the loss
+    reads to what the model outputs or the batch holds: `{predictions: y}` feeds the spec's output
+    `y` to mse's `predictions`."""
 
     name: Name
     options: dict[str, Any] = Field(default_factory=dict)
+    map: dict[Name, Name] = Field(default_factory=dict, max_length=64)
 
     @model_validator(mode="after")
     def _check(self):
@@ -248,6 +251,13 @@ class Eval(Strict):
     metrics: Annotated[tuple[Name, ...], Field(max_length=MAX_METRICS), _AsTuple] = ()
 
 
+class Checkpointing(Strict):
+    """Save a checkpoint every `every` steps (and at the end), keeping the newest `keep`."""
+
+    every: Steps = 1000
+    keep: Annotated[int, Field(ge=1, le=1000)] = 3
+
+
 class TrainSpec(Strict):
     """The `train:` section (see the module docstring)."""
 
@@ -261,6 +271,8 @@ class TrainSpec(Strict):
     steps: Steps | None = None
     epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] | None = None
     eval: Eval = Eval()
+    checkpoint: Checkpointing = Checkpointing()
+    log_every: Steps = 10  # steps between metrics.jsonl lines (and progress-bar updates)
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
 
     @field_validator("task", "loss", "schedule", mode="before")

@@ -21,8 +21,8 @@ class Projection(nn.Module):
         self.bn = nn.BatchNorm2d(out)
 
     def forward(self, x):
-        conv = self.conv(x)  # f32[N,out,?,?]  blocks/resnet.yaml:14
-        bn = self.bn(conv)  # f32[N,out,?,?]  blocks/resnet.yaml:15
+        conv = self.conv(x)  # f32[N,out,?,?]  blocks/resnet.yaml:52
+        bn = self.bn(conv)  # f32[N,out,?,?]  blocks/resnet.yaml:53
         return bn
 
 
@@ -42,17 +42,17 @@ class Bottleneck(nn.Module):
         self.downsample = Projection(in_channels, planes * 4, stride) if downsample else None
 
     def forward(self, x):
-        conv1 = self.conv1(x)  # f32[N,planes,?,?]  blocks/resnet.yaml:50
-        bn1 = self.bn1(conv1)  # f32[N,planes,?,?]  blocks/resnet.yaml:51
-        relu1 = torch.relu(bn1)  # f32[N,planes,?,?]  blocks/resnet.yaml:52
-        conv2 = self.conv2(relu1)  # f32[N,planes,?,?]  blocks/resnet.yaml:53
-        bn2 = self.bn2(conv2)  # f32[N,planes,?,?]  blocks/resnet.yaml:54
-        relu2 = torch.relu(bn2)  # f32[N,planes,?,?]  blocks/resnet.yaml:55
-        conv3 = self.conv3(relu2)  # f32[N,planes*4,?,?]  blocks/resnet.yaml:56
-        bn3 = self.bn3(conv3)  # f32[N,planes*4,?,?]  blocks/resnet.yaml:57
-        downsample = self.downsample(x) if self.downsample is not None else x  # f32[N,planes*4,?,?]  blocks/resnet.yaml:58
-        sum_ = bn3 + downsample  # f32[N,planes*4,?,?]  blocks/resnet.yaml:63
-        relu3 = torch.relu(sum_)  # f32[N,planes*4,?,?]  blocks/resnet.yaml:64
+        conv1 = self.conv1(x)  # f32[N,planes,?,?]  blocks/resnet.yaml:99
+        bn1 = self.bn1(conv1)  # f32[N,planes,?,?]  blocks/resnet.yaml:100
+        relu1 = torch.relu(bn1)  # f32[N,planes,?,?]  blocks/resnet.yaml:101
+        conv2 = self.conv2(relu1)  # f32[N,planes,?,?]  blocks/resnet.yaml:102
+        bn2 = self.bn2(conv2)  # f32[N,planes,?,?]  blocks/resnet.yaml:103
+        relu2 = torch.relu(bn2)  # f32[N,planes,?,?]  blocks/resnet.yaml:104
+        conv3 = self.conv3(relu2)  # f32[N,planes*4,?,?]  blocks/resnet.yaml:105
+        bn3 = self.bn3(conv3)  # f32[N,planes*4,?,?]  blocks/resnet.yaml:106
+        downsample = self.downsample(x) if self.downsample is not None else x  # f32[N,planes*4,?,?]  blocks/resnet.yaml:107
+        sum_ = bn3 + downsample  # f32[N,planes*4,?,?]  blocks/resnet.yaml:117
+        relu3 = torch.relu(sum_)  # f32[N,planes*4,?,?]  blocks/resnet.yaml:121
         return relu3
 
 
@@ -84,15 +84,15 @@ class Resnet152(nn.Module):
         self.fc = nn.Linear(2048, 1000)
 
     def forward(self, image):
-        conv1 = self.conv1(image)  # f32[N,64,112,112]  resnet.yaml:44
-        bn1 = self.bn1(conv1)  # f32[N,64,112,112]  resnet.yaml:52
-        relu = torch.relu(bn1)  # f32[N,64,112,112]  resnet.yaml:53
-        maxpool = F.max_pool2d(relu, 3, stride=2, padding=1)  # f32[N,64,56,56]  resnet.yaml:54
-        layer1 = self.layer1(maxpool)  # f32[N,256,56,56]  resnet.yaml:57
-        layer2 = self.layer2(layer1)  # f32[N,512,28,28]  resnet.yaml:58
-        layer3 = self.layer3(layer2)  # f32[N,1024,14,14]  resnet.yaml:59
-        layer4 = self.layer4(layer3)  # f32[N,2048,7,7]  resnet.yaml:60
-        avgpool = F.adaptive_avg_pool2d(layer4, 1)  # f32[N,2048,1,1]  resnet.yaml:65
-        flatten = torch.flatten(avgpool, 1)  # f32[N,2048]  resnet.yaml:66
-        fc = self.fc(flatten)  # f32[N,1000]  resnet.yaml:67
+        conv1 = self.conv1(image)  # f32[N,64,112,112]  resnet.yaml:49
+        bn1 = self.bn1(conv1)  # f32[N,64,112,112]  resnet.yaml:57
+        relu = torch.relu(bn1)  # f32[N,64,112,112]  resnet.yaml:58
+        maxpool = F.max_pool2d(relu, 3, stride=2, padding=1)  # f32[N,64,56,56]  resnet.yaml:59
+        layer1 = self.layer1(maxpool)  # f32[N,256,56,56]  resnet.yaml:62
+        layer2 = self.layer2(layer1)  # f32[N,512,28,28]  resnet.yaml:63
+        layer3 = self.layer3(layer2)  # f32[N,1024,14,14]  resnet.yaml:67
+        layer4 = self.layer4(layer3)  # f32[N,2048,7,7]  resnet.yaml:71
+        avgpool = F.adaptive_avg_pool2d(layer4, 1)  # f32[N,2048,1,1]  resnet.yaml:76
+        flatten = torch.flatten(avgpool, 1)  # f32[N,2048]  resnet.yaml:77
+        fc = self.fc(flatten)  # f32[N,1000]  resnet.yaml:78
         return fc

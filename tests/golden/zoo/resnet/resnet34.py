@@ -21,14 +21,15 @@ class Projection(nn.Module):
         self.bn = nn.BatchNorm2d(out)
 
     def forward(self, x):
-        conv = self.conv(x)  # f32[N,out,?,?]  blocks/resnet.yaml:14
-        bn = self.bn(conv)  # f32[N,out,?,?]  blocks/resnet.yaml:15
+        conv = self.conv(x)  # f32[N,out,?,?]  blocks/resnet.yaml:52
+        bn = self.bn(conv)  # f32[N,out,?,?]  blocks/resnet.yaml:53
         return bn
 
 
 class Basic(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets; expansion 1). The shortcut is a
-    projection where the block changes the shape: a stride, or other channels than its input's.
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets; expansion 1). Where the block changes
+    the shape (a stride, or other channels than its input's) the shortcut is `shortcut`'s: B a
+    projection, A zero padding; elsewhere the identity. `none`: no shortcut, no sum.
     """
 
     def __init__(self, in_channels, planes, stride=1, downsample=False):
@@ -40,14 +41,14 @@ class Basic(nn.Module):
         self.downsample = Projection(in_channels, planes) if downsample else None
 
     def forward(self, x):
-        conv1 = self.conv1(x)  # f32[N,planes,?,?]  blocks/resnet.yaml:27
-        bn1 = self.bn1(conv1)  # f32[N,planes,?,?]  blocks/resnet.yaml:28
-        relu1 = torch.relu(bn1)  # f32[N,planes,?,?]  blocks/resnet.yaml:29
-        conv2 = self.conv2(relu1)  # f32[N,planes,?,?]  blocks/resnet.yaml:30
-        bn2 = self.bn2(conv2)  # f32[N,planes,?,?]  blocks/resnet.yaml:31
-        downsample = self.downsample(x) if self.downsample is not None else x  # f32[N,planes,?,?]  blocks/resnet.yaml:32
-        sum_ = bn2 + downsample  # f32[N,planes,?,?]  blocks/resnet.yaml:37
-        relu2 = torch.relu(sum_)  # f32[N,planes,?,?]  blocks/resnet.yaml:38
+        conv1 = self.conv1(x)  # f32[N,planes,?,?]  blocks/resnet.yaml:67
+        bn1 = self.bn1(conv1)  # f32[N,planes,?,?]  blocks/resnet.yaml:68
+        relu1 = torch.relu(bn1)  # f32[N,planes,?,?]  blocks/resnet.yaml:69
+        conv2 = self.conv2(relu1)  # f32[N,planes,?,?]  blocks/resnet.yaml:70
+        bn2 = self.bn2(conv2)  # f32[N,planes,?,?]  blocks/resnet.yaml:71
+        downsample = self.downsample(x) if self.downsample is not None else x  # f32[N,planes,?,?]  blocks/resnet.yaml:72
+        sum_ = bn2 + downsample  # f32[N,planes,?,?]  blocks/resnet.yaml:82
+        relu2 = torch.relu(sum_)  # f32[N,planes,?,?]  blocks/resnet.yaml:86
         return relu2
 
 
@@ -75,15 +76,15 @@ class Resnet34(nn.Module):
         self.fc = nn.Linear(512, 1000)
 
     def forward(self, image):
-        conv1 = self.conv1(image)  # f32[N,64,112,112]  resnet.yaml:44
-        bn1 = self.bn1(conv1)  # f32[N,64,112,112]  resnet.yaml:52
-        relu = torch.relu(bn1)  # f32[N,64,112,112]  resnet.yaml:53
-        maxpool = F.max_pool2d(relu, 3, stride=2, padding=1)  # f32[N,64,56,56]  resnet.yaml:54
-        layer1 = self.layer1(maxpool)  # f32[N,64,56,56]  resnet.yaml:57
-        layer2 = self.layer2(layer1)  # f32[N,128,28,28]  resnet.yaml:58
-        layer3 = self.layer3(layer2)  # f32[N,256,14,14]  resnet.yaml:59
-        layer4 = self.layer4(layer3)  # f32[N,512,7,7]  resnet.yaml:60
-        avgpool = F.adaptive_avg_pool2d(layer4, 1)  # f32[N,512,1,1]  resnet.yaml:65
-        flatten = torch.flatten(avgpool, 1)  # f32[N,512]  resnet.yaml:66
-        fc = self.fc(flatten)  # f32[N,1000]  resnet.yaml:67
+        conv1 = self.conv1(image)  # f32[N,64,112,112]  resnet.yaml:49
+        bn1 = self.bn1(conv1)  # f32[N,64,112,112]  resnet.yaml:57
+        relu = torch.relu(bn1)  # f32[N,64,112,112]  resnet.yaml:58
+        maxpool = F.max_pool2d(relu, 3, stride=2, padding=1)  # f32[N,64,56,56]  resnet.yaml:59
+        layer1 = self.layer1(maxpool)  # f32[N,64,56,56]  resnet.yaml:62
+        layer2 = self.layer2(layer1)  # f32[N,128,28,28]  resnet.yaml:63
+        layer3 = self.layer3(layer2)  # f32[N,256,14,14]  resnet.yaml:67
+        layer4 = self.layer4(layer3)  # f32[N,512,7,7]  resnet.yaml:71
+        avgpool = F.adaptive_avg_pool2d(layer4, 1)  # f32[N,512,1,1]  resnet.yaml:76
+        flatten = torch.flatten(avgpool, 1)  # f32[N,512]  resnet.yaml:77
+        fc = self.fc(flatten)  # f32[N,1000]  resnet.yaml:78
         return fc
