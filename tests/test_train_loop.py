@@ -278,3 +278,16 @@ def test_remat_budget_trains_the_checkpointed_module_to_the_same_losses(tmp_path
     program = program_for(load_spec("transformer", None, parse_overrides(sets)), "torch",
                           options={"remat_budget": "0.5"})
     assert "checkpoint(" in generate_source(program)[0]
+
+
+def test_a_corpus_path_outside_the_working_folder_is_refused(tmp_path, monkeypatch, capsys):
+    """A recipe's corpus path is untrusted text: it may name a file under the working folder only
+    (symlinks resolved), never /etc/passwd."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link.txt").symlink_to("/etc/passwd")
+    for path in ("/etc/passwd", "../../etc/passwd", "link.txt"):
+        assert train("--steps", "1", "--set", f"train.task.options.path={path}", "--out", str(tmp_path / "r")) == 1
+        assert "outside the working folder" in capsys.readouterr().err
+    (tmp_path / "corpus.txt").write_text("abcdefghij" * 400)
+    assert train("--steps", "2", "--set", "train.task.options.path=corpus.txt", "--set", "vocab=11",
+                 "--set", "train.task.options.vocab_size=11", "--out", str(tmp_path / "ok")) == 0

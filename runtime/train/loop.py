@@ -66,11 +66,26 @@ class Summary:
 
 
 def bind_task(loaded, cfg: TrainSpec):
-    """The recipe's task with the run's seed (unless its options fix one)."""
+    """The recipe's task with the run's seed (unless its options fix one); a corpus `path` must
+    lie inside the working folder."""
     from nnspec.runtime.tasks import make_task
     options = dict(cfg.task.options)
     options.setdefault("seed", cfg.seed)
+    if isinstance(options.get("path"), str):
+        options["path"] = str(data_path(options["path"]))
     return make_task(cfg.task.name, options)
+
+
+def data_path(path: str) -> Path:
+    """A data file a recipe names, resolved and kept inside the working folder: a spec from anyone
+    must not read /etc/shadow into a vocabulary and a run folder."""
+    from nnspec.runtime.tasks import TaskError
+    base = Path.cwd().resolve()
+    resolved = (base / path).resolve()  # symlinks followed: where the bytes really are
+    if not resolved.is_relative_to(base):
+        raise TaskError(f"train.task.options.path {path[:200]!r} resolves to '{resolved}', outside the working "
+                        f"folder '{base}'", hint="copy or move the corpus into the folder nnspec runs in")
+    return resolved
 
 
 def build_objective(program, task, cfg: TrainSpec) -> Objective:
@@ -164,6 +179,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> Summary:
         from .checkpoint import capture_rng
+        from .optim import clip_gradients
         cfg, world = self.cfg, self.world
         # a distributed engine's other ranks wait for rank 0's check of the run folder (and stop
         # quietly when it fails, instead of failing in their first collective)
@@ -196,7 +212,6 @@ class Trainer:
                 loss, metrics = self.engine.train_step(batch)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(step + 1, loss)
-                from .optim import clip_gradients
                 # an engine whose parameters are spread over ranks (a pipeline) clips as one model
                 own_clip = getattr(self.engine, "clip_gradients", None)
                 gnorm = own_clip(cfg) if own_clip else clip_gradients(cfg, self.engine.parameters())
