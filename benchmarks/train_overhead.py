@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     cfg = cfg.model_copy(update={"log_every": 10, "eval": cfg.eval.model_copy(update={"every": 10**9, "batches": 2}),
                                  "checkpoint": cfg.checkpoint.model_copy(update={"every": 100})})
     program = program_for(loaded, "torch")
-    task = bind_task(loaded, cfg)
+    task = bind_task(cfg)
     batches = []
     for k in range(steps):
         b = task.batch(k, cfg.batch_size)

@@ -88,7 +88,7 @@ def sample(artifact: Path, prompt: str, length: int, temperature: float = 0.6, s
     from nnspec.runtime.train.loop import bind_task
     from nnspec.runtime.train.section import recipe
 
-    task = bind_task(None, recipe(load_spec("char_rnn")))  # the run's vocabulary, from the same corpus
+    task = bind_task(recipe(load_spec("char_rnn")))  # the run's vocabulary, from the same corpus
     lookup = {c: i for i, c in enumerate(task.vocab)}
     ids = [lookup.get(c, len(task.vocab) - 1) for c in prompt]
     session = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -291,3 +291,29 @@ def test_a_corpus_path_outside_the_working_folder_is_refused(tmp_path, monkeypat
     (tmp_path / "corpus.txt").write_text("abcdefghij" * 400)
     assert train("--steps", "2", "--set", "train.task.options.path=corpus.txt", "--set", "vocab=11",
                  "--set", "train.task.options.vocab_size=11", "--out", str(tmp_path / "ok")) == 0
+
+
+def test_a_hostile_run_json_is_a_clear_error(tmp_path, capsys):
+    """run.json comes from a folder anyone could hand over: nesting bombs, non-objects and huge files
+    are errors with exit 1, never an internal error."""
+    run = tmp_path / "run"
+    assert train("--steps", "1", "--out", str(run)) == 0
+    for text in ("[" * 100_000, "[1, 2]", " " * (17 << 20)):
+        (run / "run.json").write_text(text)
+        assert train("--steps", "2", "--resume", str(run)) == 1
+        err = capsys.readouterr().err
+        assert "run.json" in err and "internal error" not in err
+
+
+def test_weights_of_a_modified_checkpoint_are_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train("--steps", "1", "--out", str(run)) == 0
+    w = latest_checkpoint(run) / "weights.safetensors"  # one flipped bit: the folder no longer verifies
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.write_bytes(bytes(data))
+    assert nnspec(["compile", "char_rnn", "--set", "hidden=32", "--set", "embed=16", "--target", "torch",
+                   "--weights", str(w.parent),
+                   "-o", str(tmp_path / "out")]) == 1
+    assert "sha256" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -339,6 +339,14 @@ def verify_checkpoint(path) -> dict:
     return state
 
 
+def read_weights_bytes(path) -> tuple[bytes, dict]:
+    """(the bytes of a checkpoint folder's weights file, its parsed state.json): read once and
+    checked against the sha256 state.json records, so what is checked is what the caller parses."""
+    folder = _open_folder(path)
+    state = _read_state(folder)
+    return _read_file(folder, state, WEIGHTS), state
+
+
 def latest_checkpoint(run_dir) -> Path | None:
     """The newest complete checkpoint of a run (temp leftovers and folders failing their sha256 skipped)."""
     root = Path(run_dir) / CHECKPOINTS
@@ -551,5 +559,5 @@ def resume(run_dir, model, optimizer=None, scheduler=None, numpy_generator=None,
     return load_checkpoint(found, model, optimizer, scheduler, numpy_generator, part=part)
 
 
-__all__ = ["CHECKPOINTS", "Checkpoint", "CheckpointError", "Part", "capture_rng", "latest_checkpoint", "load_checkpoint",
+__all__ = ["CHECKPOINTS", "Checkpoint", "CheckpointError", "Part", "capture_rng", "latest_checkpoint", "load_checkpoint", "read_weights_bytes",
            "restore_rng", "resume", "save_checkpoint", "save_state", "step_dir_name", "verify_checkpoint"]

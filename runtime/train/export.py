@@ -19,19 +19,14 @@ def read_weights(path) -> tuple[dict, dict]:
     p = Path(path)
     if not p.is_dir():
         return load_weights(p), {}
-    from nnspec.targets.files import sha256_bytes
-
-    from .checkpoint import CHECKPOINTS, WEIGHTS, CheckpointError, latest_checkpoint, verify_checkpoint
+    from .checkpoint import CHECKPOINTS, WEIGHTS, CheckpointError, latest_checkpoint, read_weights_bytes
 
     folder = p
     if (p / CHECKPOINTS).is_dir():
         folder = latest_checkpoint(p)
         if folder is None:
             raise CheckpointError(f"run folder '{path}' has no complete checkpoint")
-    state = verify_checkpoint(folder)
-    data = (Path(folder) / WEIGHTS).read_bytes()
-    if sha256_bytes(data) != state["files"].get(WEIGHTS):
-        raise CheckpointError(f"{WEIGHTS} in '{folder}' changed while it was read", hint="run compile again")
+    data, state = read_weights_bytes(folder)
     from safetensors.numpy import load
 
     try:

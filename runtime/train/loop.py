@@ -65,7 +65,7 @@ class Summary:
                 f"{self.train_loss:.4g}; {figure}" + (f"; checkpoint {self.checkpoint}" if self.checkpoint else ""))
 
 
-def bind_task(loaded, cfg: TrainSpec):
+def bind_task(cfg: TrainSpec):
     """The recipe's task with the run's seed (unless its options fix one); a corpus `path` must
     lie inside the working folder."""
     from nnspec.runtime.tasks import make_task
@@ -135,7 +135,7 @@ class Trainer:
         self.loaded, self.cfg, self.run_dir = loaded, cfg, Path(run_dir)
         self.world = world or World()
         self.program = program if program is not None else program_for(loaded, "torch")
-        self.task = bind_task(loaded, cfg)
+        self.task = bind_task(cfg)
         self.objective = build_objective(self.program, self.task, cfg)
         self.total = total_steps(cfg, self.task)
         self.per_epoch = steps_per_epoch(self.task, cfg.batch_size)

@@ -71,7 +71,7 @@ def stage_program(loaded, cfg, stages: int, microbatches: int):
     from .loop import bind_task
 
     base = program_for(loaded, "torch")
-    dims = micro_dims(base, bind_task(loaded, cfg).batch(0, cfg.batch_size), microbatches)
+    dims = micro_dims(base, bind_task(cfg).batch(0, cfg.batch_size), microbatches)
     program = program_for(loaded, "torch", options={"stages": stages, "microbatches": microbatches, "dims": dims})
     found = len(program.forward.stages)
     if found != stages:

@@ -16,11 +16,10 @@ import json
 import os
 from pathlib import Path
 
-from nnspec.targets.files import ArtifactError, atomic_write
+from nnspec.targets.files import ArtifactError, atomic_write, read_manifest_json
 
 RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
-MAX_RUN_JSON = 1 << 20
 MAX_METRICS_BYTES = 256 << 20  # a run logging every step for 10^6 steps stays far below
 # keys of run.json that may differ between the first launch and a resume
 RESUMABLE = {"steps", "epochs", "eval", "checkpoint", "log_every"}
@@ -53,16 +52,8 @@ def prepare(run_dir, record: dict, resume: bool) -> Path:
 
 
 def read_record(root: Path) -> dict:
-    path = root / RUN_JSON
-    if path.is_symlink() or path.stat().st_size > MAX_RUN_JSON:
-        raise RunError(f"'{path}' is a link or larger than {MAX_RUN_JSON:,} bytes")
-    try:
-        record = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise RunError(f"'{path}' is not JSON: {str(e)[:200]}") from None
-    if not isinstance(record, dict):
-        raise RunError(f"'{path}' does not hold a JSON object")
-    return record
+    """run.json, read as every manifest is: bounded, UTF-8, a JSON object, no symlink out of the folder."""
+    return read_manifest_json(root, RUN_JSON)
 
 
 def _check_same(old: dict, new: dict, root: Path) -> None:
@@ -99,7 +90,7 @@ class MetricsLog:
         for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # a line cut by a kill: it is rewritten by the resumed run
             if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
                 kept.append(line)
