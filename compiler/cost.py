@@ -88,6 +88,8 @@ def _own_params(n) -> tuple[int, int]:
 
 
 def _steps(n, ins, vals) -> int:
+    if n.attrs.steps is not None:  # a loop of a declared length
+        return n.attrs.steps
     steps = 1
     for name, role, t in zip(n.attrs.inputs, n.attrs.roles, ins):
         if role == "over":

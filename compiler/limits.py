@@ -10,6 +10,7 @@ MAX_FILE_BYTES = 1 << 20  # one spec or block-library file
 MAX_YAML_DEPTH = 64  # nesting of mappings and lists
 MAX_YAML_VALUES = 200_000  # values in one file, aliases expanded
 MAX_REPEAT = 100_000  # instances of one `repeat`
+MAX_LOOP_STEPS = 100_000  # steps of a scan with a fixed count (`steps:`, a decoding loop)
 MAX_NODES = 200_000  # nodes of all graphs after expansion
 MAX_BLOCK_DEPTH = 32  # blocks inside blocks
 MAX_COLLECTED_ERRORS = 100  # errors collected before a run stops looking for more

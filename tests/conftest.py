@@ -1,4 +1,4 @@
-"""Shared test setup: one torch thread, and helpers to compile tiny specs and count FLOPs.
+"""Shared test setup: one torch thread, `slow` tests only under `-m slow`, and helpers to compile tiny specs and count FLOPs.
 
 `spec_from_nodes` (a fixture, and `write_spec` / `compile_nodes` as plain functions) turns a few
 node definitions into a spec file under `tmp_path` and compiles it; `flop_counter_total` is
@@ -16,6 +16,16 @@ import torch
 torch.set_num_threads(1)
 
 _COUNTER = itertools.count()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests (minutes on one core) run only when asked for: `pytest -m slow`."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def write_spec(path: Path, inputs: dict, nodes: dict, outputs=None, dims: dict | None = None,

@@ -1,8 +1,8 @@
 """The op registry: every op implements the whole contract, and for a tiny spec per op the generated
 torch module's state dict (keys, shapes, dtypes, buffer flags) is exactly the IR's parameter list.
 
-`REPRESENTATIVES` holds one small spec fragment per op; a newly registered op without one fails
-`test_every_op_has_a_representative`, so the checks here (and the FLOP checks that reuse the table
+`REPRESENTATIVES` (or the op class's own `example`) holds one small spec fragment per op; a newly
+registered op without one fails `test_every_op_has_a_representative`, so the checks here (and the FLOP checks that reuse the table
 in tests/test_flops.py) always cover the whole registry.
 """
 from __future__ import annotations
@@ -100,7 +100,9 @@ UNARY_INPUT = {"x": F4}
 def representative(name: str) -> tuple[dict, dict]:
     """(inputs, nodes) of the tiny spec for op `name`: one node `n` reading every input in order."""
     op = registry()[name]
-    if name in REPRESENTATIVES:
+    if op.example is not None:  # ops declare their own tiny spec (compiler/ops/base.py: Op.example)
+        inputs, attrs = op.example
+    elif name in REPRESENTATIVES:
         inputs, attrs = REPRESENTATIVES[name]
     elif op.arity == (1, 1) and not op.Attrs.model_fields:
         inputs, attrs = UNARY_INPUT, {}

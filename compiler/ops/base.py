@@ -18,7 +18,7 @@ every member. Nothing here imports torch or onnx.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Union
+from typing import Annotated, ClassVar, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -206,6 +206,9 @@ class Op:
     # `TorchCode.helpers` entry names one. Plain torch, so generated files stay standalone.
     torch_snippets: ClassVar[dict] = {}
     doc: ClassVar[str] = ""
+    # A tiny spec for the op's registry and FLOP tests: ({input: shape or InputSpec}, {attr: value}),
+    # e.g. ({"x": ["N", 5, 8]}, {"axis": -1}). The node reads the inputs in order.
+    example: ClassVar[Optional[tuple]] = None
     # What the op reads and returns, for the schema and docs/ops.md (tests/test_registry.py holds
     # them to `arity` and `outputs`). Families set per-name docs through `summaries`.
     in_ports: ClassVar[tuple] = ()

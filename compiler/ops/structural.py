@@ -4,6 +4,10 @@
 role: `over` (sliced per step), `carry` (state: initial value in, the body's same-named output
 becomes the next step's value) and `const` (closed over, the same every step). Outputs: the final
 value of each carried state, then each other body output stacked along `axis`.
+
+With `steps: K` instead of `over` inputs, the body runs K times (a loop with a declared length, as
+greedy decoding needs: the step's output is carried into the next step); ONNX `Loop` with a constant
+trip count, a Python `for` loop in torch.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Literal, Optional, Union
 
 from ..errors import ShapeError
 from ..ir.dims import TensorType
-from .base import Port, Attrs, Cost, Op, TorchCode, norm_axis, register
+from .base import Port, Attrs, Cost, Op, Size, TorchCode, norm_axis, register
 
 
 @register
@@ -49,12 +53,13 @@ class Scan(Op):
         carry: list[str]
         axis: int = 1
         reverse: bool = False
+        steps: Optional[Size] = None  # a loop of this many steps (no `over` inputs)
 
     def infer_node(self, node, ins: list[TensorType], infer_graph) -> list[TensorType]:
         """Type the body's inputs from the scan's inputs, infer the body, derive the outputs."""
         a = node.attrs
         body = node.body
-        steps = None
+        steps = a.steps
         for name, role, t in zip(a.inputs, a.roles, ins):
             inp = body.node(f"{node.id}.{name}")
             if role == "over":
@@ -109,7 +114,7 @@ class Scan(Op):
             t, step = t + "_", step + "_"
         temps += [t, step]
         stmts = [f"${c} = {ins[a.inputs.index(c)]}" for c in a.carry] + [f"${o}_steps = []" for o in stacked]
-        steps = f"range({over[0]}.shape[{a.axis}])"
+        steps = f"range({a.steps})" if a.steps is not None else f"range({over[0]}.shape[{a.axis}])"
         stmts.append(f"for ${t} in {f'reversed({steps})' if a.reverse else steps}:")
         args = [f"{v}.select({a.axis}, ${t})" if role == "over" else f"${k}" if role == "carry" else v
                 for k, v, role in zip(a.inputs, ins, a.roles)]
@@ -122,6 +127,44 @@ class Scan(Op):
         return TorchCode(expr=", ".join(pieces), stmts=stmts, temps=tuple(temps))
 
     def to_onnx(self, a, ins, b, node):
+        if a.steps is not None:
+            return self._loop(a, ins, b, node)
+        return self._scan(a, ins, b, node)
+
+    def _loop(self, a, ins, b, node):
+        """ONNX `Loop` with a constant trip count and a constant true condition: the body takes (iteration, cond,
+        carried states...) and returns (cond, carried states..., per-step outputs...). Loop stacks
+        per-step outputs along a new axis 0; a Transpose moves it to `axis`."""
+        from onnx import TensorProto, helper
+
+        body = node.body
+        stacked = [o for o in body.outputs if o not in a.carry]
+        state_ids = [f"{node.id}.{c}" for c in a.carry]
+        input_types = {nid: body.node(nid).outputs[0] for nid in state_ids}
+        outer = {f"{node.id}.{k}": v for k, v, r in zip(a.inputs, ins, a.roles) if r == "const"}
+        graph = b.subgraph(body, input_types, outer, outputs=list(a.carry) + stacked)
+        it, cond, cond_out = f"{node.id}/iter", f"{node.id}/cond_in", f"{node.id}/cond_out"
+        graph.input.insert(0, helper.make_tensor_value_info(cond, TensorProto.BOOL, []))
+        graph.input.insert(0, helper.make_tensor_value_info(it, TensorProto.INT64, []))
+        graph.node.append(helper.make_node("Identity", [cond], [cond_out], name=cond_out))
+        graph.output.insert(0, helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []))
+        trip = b.scalar(a.steps, dtype="int64")  # Loop's M: a 0-d int64
+        # a constant true condition rather than none: TensorRT's parser binds the body's cond input
+        # only when the Loop is given one
+        keep_going = b.const(True, dtype="bool")
+        outs = b.op("Loop", [trip, keep_going] + [ins[a.inputs.index(c)] for c in a.carry],
+                    n_out=len(a.carry) + len(stacked), body=graph)
+        outs = [outs] if isinstance(outs, str) else list(outs)
+        for i, o in enumerate(stacked):
+            rank = body.output_type(o).rank + 1
+            ax = norm_axis(a.axis, rank)
+            if ax:
+                perm = list(range(1, rank))
+                perm.insert(ax, 0)
+                outs[len(a.carry) + i] = b.op("Transpose", [outs[len(a.carry) + i]], perm=perm)
+        return outs
+
+    def _scan(self, a, ins, b, node):
         """ONNX `Scan`: carried states then `over` inputs feed the body; `const` inputs are read by
         the body through outer-scope references (onnxruntime resolves them as implicit inputs)."""
         body = node.body

@@ -35,7 +35,7 @@ from .inference import infer_now
 from .templates import Templates
 from ..spec.models import BLOCK_NODE_KEYS, COMMON_NODE_KEYS, SCAN_NODE_KEYS, ArgSpec, BlockNode, ScanNode
 
-from ..limits import MAX_BLOCK_DEPTH, MAX_COLLECTED_ERRORS, MAX_DIM, MAX_NODES, MAX_REPEAT
+from ..limits import MAX_BLOCK_DEPTH, MAX_COLLECTED_ERRORS, MAX_DIM, MAX_LOOP_STEPS, MAX_NODES, MAX_REPEAT
 
 
 class _Poison:
@@ -494,8 +494,21 @@ class Expander:
         if missing:
             self.fail(f"scan does not feed block input(s) {', '.join(missing)}", path, ctx, key=True,
                       expected="each block input in exactly one of over / carry / const")
-        if not raw.get("over"):
-            self.fail("scan needs at least one per-step input under 'over'", path, ctx, key=True)
+        steps = None
+        if raw.get("steps") is not None:
+            if raw.get("over"):
+                self.fail("a scan runs over its 'over' inputs or a fixed number of 'steps', not both",
+                          path + ("steps",), ctx, key=True, expected="either over: {...} or steps: K")
+            steps = self.ev(raw["steps"], path + ("steps",), ctx)
+            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_LOOP_STEPS:
+                self.fail(f"steps is {steps!r}", path + ("steps",), ctx,
+                          expected=f"an integer from 1 to {MAX_LOOP_STEPS:,}")
+            if raw.get("reverse"):
+                self.fail("a loop of fixed steps has no direction", path + ("reverse",), ctx, key=True,
+                          expected="reverse only on a scan over inputs")
+        elif not raw.get("over"):
+            self.fail("scan needs at least one per-step input under 'over', or a number of 'steps'", path, ctx,
+                      key=True, expected="over: {block input: sequence} or steps: K")
         ins = [self.resolve(raw[roles[k]][k], path + (roles[k], k), ctx) for k in in_names]
         args = self._args(bname, block, raw.get("args"), path, ctx, {})
         prefix = f"{ctx.prefix}{local}."
@@ -521,7 +534,7 @@ class Expander:
         axis = self.ev(raw.get("axis", 1), path + ("axis",), ctx)
         reverse = self.ev(raw.get("reverse", False), path + ("reverse",), ctx)
         attrs = registry()["scan"].Attrs(block=bname, inputs=in_names, roles=[roles[k] for k in in_names],
-                                         carry=carry, axis=axis, reverse=bool(reverse))
+                                         carry=carry, axis=axis, reverse=bool(reverse), steps=steps)
         node = Node(f"{ctx.prefix}{local}", "scan", attrs=attrs, loc=self.loc(path, key=True), chain=list(ctx.chain),
                     scope=ctx.scope, body=body)
         node.out_names = carry + [o for o in body.outputs if o not in carry]

@@ -148,7 +148,7 @@ def build(graph, vals: dict, profile: dict | None = None) -> Model:
 def recomputable_scan(node) -> bool:
     """A scan whose steps the torch target can checkpoint in chunks (rule 4): run step by step (not
     fused into one nn.LSTM / nn.GRU kernel) and without buffers a recomputation would update twice."""
-    if node.op != "scan" or node.body is None or node.fused is not None:
+    if node.op != "scan" or node.body is None or node.fused is not None or node.attrs.steps is not None:
         return False
     return not any(p.buffer for b in node.body.nodes() for p in b.params.values())
 

@@ -190,6 +190,9 @@ class ScanNode(_Model):
     args: dict[str, Any] = {}
     axis: Union[int, str] = 1
     reverse: Union[bool, str] = False
+    # A loop instead: no `over` inputs, the block runs `steps` times (greedy decoding to a declared
+    # maximum length); ONNX `Loop`, a Python loop in torch.
+    steps: Any = None  # an int or ${...}; checked (1 .. MAX_LOOP_STEPS) where it is evaluated
     when: Optional[Union[bool, str]] = None
     doc: Optional[str] = None
 

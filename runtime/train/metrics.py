@@ -3,8 +3,11 @@
 A metric reads the tensors the loss reads (after the loss's `map`), so `accuracy` sees `logits` and
 `targets` whatever the spec calls its output. Each metric sums a numerator and a count over the
 batches and finishes once (perplexity is exp of the mean cross-entropy over all tokens, not the
-mean of per-batch perplexities). A task whose metric needs decoding this trainer does not do yet
-reports its loss only, and the run's summary says so.
+mean of per-batch perplexities). Sequence metrics decode greedily from what the model outputs in
+one forward pass: `sequence_accuracy` is the teacher-forced exact match (every position's argmax,
+given the true prefix, equals its target), `label_error_rate` the greedy CTC decoding (best class per
+frame, repeats merged, blanks dropped) against the labels. A task whose metric this trainer does not
+compute (a free-running decoder's, a tour length) reports its loss only, and the summary says so.
 """
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ class Metric:
     update: Callable[[Mapping[str, torch.Tensor]], tuple[float, int]]
     finish: Callable[[float], float] = lambda mean: mean
     better: str = "higher"
+    one_of: tuple[str, ...] = ()  # besides `reads`, at least one of these (the scores it decodes)
+
+    def applies(self, inputs: Mapping[str, torch.Tensor]) -> bool:
+        return all(k in inputs for k in self.reads) and (not self.one_of or any(k in inputs for k in self.one_of))
 
 
 def _token_ce(inputs) -> tuple[float, int]:
@@ -50,12 +57,70 @@ def _absolute_error(inputs) -> tuple[float, int]:
     return float(diff.abs().sum()), diff.numel()
 
 
+def _scores(inputs) -> torch.Tensor:
+    return inputs["pointer_logits"] if "pointer_logits" in inputs else inputs["logits"]
+
+
+def _sequence_accuracy(inputs) -> tuple[float, int]:
+    """Examples whose every position's argmax equals its target; negative targets (padding, the
+    losses' ignore_index) match anything."""
+    pred, targets = _scores(inputs).argmax(-1), inputs["targets"]
+    ok = ((pred == targets) | (targets < 0)).reshape(targets.shape[0], -1).all(1)
+    return float(ok.sum()), int(ok.numel())
+
+
+def edit_distance(a: list, b: list) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions all cost 1)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def ctc_greedy(logits: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[list[int]]:
+    """Best path decoding: the top class of each of the first `lengths[b]` frames, repeats merged,
+    blanks (class 0: the ctc loss's default and the tasks' convention) dropped."""
+    out = []
+    for row, n in zip(logits.argmax(-1).tolist(), lengths.tolist()):
+        labels, last = [], None
+        for k in row[:int(n)]:
+            if k != last and k != blank:
+                labels.append(k)
+            last = k
+        out.append(labels)
+    return out
+
+
+def _label_errors(inputs) -> tuple[float, int]:
+    decoded = ctc_greedy(inputs["logits"], inputs["input_lengths"])
+    targets, lengths = inputs["targets"].tolist(), inputs["target_lengths"].tolist()
+    errors = sum(edit_distance(d, t[:int(n)]) for d, t, n in zip(decoded, targets, lengths))
+    return float(errors), int(sum(lengths))
+
+
+def _bit_errors(inputs) -> tuple[float, int]:
+    """Bits wrong per sequence: logits above 0 (probability above 0.5) against targets above 0.5,
+    on the steps `mask` marks (every step without one)."""
+    x, y = inputs["logits"], inputs["targets"]
+    wrong = (x > 0) != (y > 0.5)
+    if "mask" in inputs:
+        wrong = wrong & (inputs["mask"] > 0).reshape(inputs["mask"].shape + (1,) * (wrong.dim() - inputs["mask"].dim()))
+    return float(wrong.sum()), int(wrong.shape[0])
+
+
 METRICS: dict[str, Metric] = {
     "bits_per_char": Metric(("logits", "targets"), _token_ce, lambda m: m / LN2, "lower"),
     "perplexity": Metric(("logits", "targets"), _token_ce, lambda m: math.exp(min(m, 700.0)), "lower"),
     "accuracy": Metric(("logits", "targets"), _accuracy),
     "mean_squared_error": Metric(("predictions", "targets"), _squared_error, better="lower"),
     "mean_absolute_error": Metric(("predictions", "targets"), _absolute_error, better="lower"),
+    "sequence_accuracy": Metric(("targets",), _sequence_accuracy, one_of=("pointer_logits", "logits")),
+    "label_error_rate": Metric(("logits", "targets", "input_lengths", "target_lengths"), _label_errors,
+                               better="lower"),
+    "bit_errors_per_sequence": Metric(("logits", "targets"), _bit_errors, better="lower"),
 }
 
 
@@ -72,7 +137,7 @@ class Accumulator:
         self.loss_sum += loss
         self.batches += 1
         for n in self.names:
-            if all(k in inputs for k in METRICS[n].reads):
+            if METRICS[n].applies(inputs):
                 s, c = METRICS[n].update(inputs)
                 self.sums[n] += s
                 self.counts[n] += c
@@ -85,4 +150,4 @@ class Accumulator:
         return out
 
 
-__all__ = ["METRICS", "Accumulator", "Metric"]
+__all__ = ["METRICS", "Accumulator", "Metric", "ctc_greedy", "edit_distance"]
