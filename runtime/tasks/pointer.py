@@ -22,6 +22,16 @@ SEQ_ACC_DOC = "fraction of examples whose whole predicted index sequence equals 
 
 class SortOptions(TaskOptions):
     n: int = Field(10, ge=2, le=1024)  # numbers to sort (the paper uses 5..15)
+    points: bool = False  # feed the numbers as 1-d points `points` (N, n, 1) instead of `x` (N, n)
+    teacher_forcing: bool = False  # also feed the label as `targets`: a pointer decoder's previous picks
+
+
+def _teacher(feeds: dict, options) -> dict:
+    """`feeds` plus, with teacher_forcing, the label slot fed to the model as `targets`: a pointer
+    decoder trained by teacher forcing reads the previous step's true pick from it."""
+    if options.teacher_forcing:
+        feeds["targets"] = Slot("int64", ("N", options.n))
+    return feeds
 
 
 @register("sort")
@@ -32,18 +42,26 @@ class Sort(Task):
     metric, metric_doc = SEQ_ACC, SEQ_ACC_DOC
 
     def feeds(self):
-        return {"x": Slot("float32", ("N", self.options.n))}
+        o = self.options
+        x = Slot("float32", ("N", o.n, 1)) if o.points else Slot("float32", ("N", o.n))
+        return _teacher({"points" if o.points else "x": x}, o)
 
     def reads(self):
         return {"order": Slot("int64", ("N", self.options.n))}
 
     def make(self, rng, b):
         x = rng.random((b, self.options.n), dtype=np.float32)
-        return {"x": x, "order": np.argsort(x, axis=1, kind="stable").astype(np.int64)}
+        order = np.argsort(x, axis=1, kind="stable").astype(np.int64)
+        out = {"points": x[:, :, None]} if self.options.points else {"x": x}
+        out["order"] = order
+        if self.options.teacher_forcing:
+            out["targets"] = order.copy()
+        return out
 
 
 class HullOptions(TaskOptions):
     n: int = Field(10, ge=3, le=1000)  # points (the paper: 5..50 in training, up to 500 at test)
+    teacher_forcing: bool = False  # also feed the label as `targets` (-1 after the hull's end)
 
 
 def convex_hull(points: np.ndarray) -> list[int]:
@@ -83,7 +101,7 @@ class ConvexHull(Task):
     metric, metric_doc = SEQ_ACC, SEQ_ACC_DOC
 
     def feeds(self):
-        return {"points": Slot("float32", ("N", self.options.n, 2))}
+        return _teacher({"points": Slot("float32", ("N", self.options.n, 2))}, self.options)
 
     def reads(self):
         return {"hull": Slot("int64", ("N", self.options.n)), "hull_len": Slot("int64", ("N",))}
@@ -97,7 +115,10 @@ class ConvexHull(Task):
             h = convex_hull(pts[i])
             hull[i, :len(h)] = h
             lens[i] = len(h)
-        return {"points": pts, "hull": hull, "hull_len": lens}
+        out = {"points": pts, "hull": hull, "hull_len": lens}
+        if self.options.teacher_forcing:
+            out["targets"] = hull.copy()
+        return out
 
 
 class TspOptions(TaskOptions):
