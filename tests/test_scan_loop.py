@@ -148,3 +148,18 @@ def test_loop_output_stacks_along_the_declared_axis(tmp_path):
     diff = parity(program, {"N": 3, "S": 2}, seed=0, module=module, model=to_onnx_model(program, weights))
     assert diff["tokens"] == 0 and diff["logits"] <= 1e-5
     assert np.isfinite(list(diff.values())).all()
+
+
+def test_block_instances_inside_a_scan_body_are_submodules():
+    """A step block holding block instances (and a repeat of one) generates them as submodules of
+    the step cell, with the IR's parameter names, and ONNX's Scan equals the torch loop."""
+    from pathlib import Path
+
+    program = c.load(str(Path(__file__).with_name("specs") / "scan_nested_blocks.yaml"))
+    module = build_module(program, seed=0).eval()
+    names = {f"{n.id}.{k}" for g in [program.forward.node("run").body] for n in g.nodes() for k in n.params}
+    assert set(module.state_dict()) == names == {f"run.{b}.a.{w}" for b in ("m1", "m2", "twice.0", "twice.1")
+                                                for w in ("weight", "bias")}
+    weights = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    diff = parity(program, {"N": 2, "T": 5}, seed=0, module=module, model=to_onnx_model(program, weights))
+    assert max(diff.values()) <= 1e-5, diff

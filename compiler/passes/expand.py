@@ -419,7 +419,8 @@ class Expander:
         template = self.templates.made.get(key) if key is not None else None
         if template is not None:  # an earlier instance read the same values: stamp a copy of it
             self.bump(len(template.nodes), path, ctx)
-            refs, names = self.templates.stamp(template, g, prefix, list(inputs), scope, ctx.chain)
+            refs, names = self.templates.stamp(template, g, prefix, list(inputs), scope, ctx.chain,
+                                               self.loc(path, key=True))
             g.instances[prefix[:-1]] = Instance(bname, in_names, list(inputs), names, refs, args)
             return Binding(refs, names)
         env = {n: Binding([r], ["out"]) for n, r in zip(in_names, inputs)}
@@ -538,6 +539,9 @@ class Expander:
         node = Node(f"{ctx.prefix}{local}", "scan", attrs=attrs, loc=self.loc(path, key=True), chain=list(ctx.chain),
                     scope=ctx.scope, body=body)
         node.out_names = carry + [o for o in body.outputs if o not in carry]
+        # The body's nodes have their own scopes (from the body's root), so the block instances in
+        # it are keyed like those scopes, without the scan's id in front (as code generation reads them).
+        body.instances = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in body.instances.items()}
         self.bump(1, path, ctx)
         g.add(node)
         self.added.append(node)

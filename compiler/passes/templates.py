@@ -100,15 +100,17 @@ class Templates:
         except LookupError:
             self.made[key] = None
 
-    def stamp(self, template: Template, g, prefix: str, inputs: list, scope: tuple, base_chain: list) -> tuple:
+    def stamp(self, template: Template, g, prefix: str, inputs: list, scope: tuple, base_chain: list, loc) -> tuple:
         """Add a copy of `template` at `prefix`; returns (out_refs, out_names) like an expansion.
-        `base_chain` is the chain of block instantiations above this instance."""
+        `base_chain` is the chain of block instantiations above this instance, `loc` where this
+        instance is written (the recorded instance may be another node of the same block)."""
         def ref(r):
             where, x, port = r
             return (prefix + x, port) if where == _LOCAL else inputs[x]
 
         # one chain list per nested instance, shared by its nodes
-        chains = [base_chain + [Frame(b, prefix[:-1] if i is None else prefix + i, loc) for b, i, loc in frames]
+        chains = [base_chain + [Frame(b, prefix[:-1], loc) if i is None else Frame(b, prefix + i, at)
+                                for b, i, at in frames]
                   for frames in template.frames]
         for proto, rid, ins, frames, rscope in template.nodes:
             n = Node(prefix + rid, proto.op, attrs=proto.attrs, out_names=proto.out_names,
