@@ -206,10 +206,20 @@ def graph_cost(graph, vals: dict, rows: list | None = None, depth: int = 0, mult
     return tot
 
 
-def param_count(program) -> tuple[int, int]:
-    """(trainable parameters, buffer elements) of every graph, ties counted once."""
-    params = buffers = 0
+def _unique_param_nodes(program):
+    """Every node holding parameters once: a node of an extra entry graph (`graphs:`) with the id of
+    another graph's node is that node (one module, one set of weights), so it is not counted again."""
+    seen = set()
     for n in program.all_nodes():
+        if n.params and n.id not in seen:
+            seen.add(n.id)
+            yield n
+
+
+def param_count(program) -> tuple[int, int]:
+    """(trainable parameters, buffer elements) of every graph, ties and shared nodes counted once."""
+    params = buffers = 0
+    for n in _unique_param_nodes(program):
         for k, p in n.params.items():
             if k in n.ties:
                 continue
@@ -227,7 +237,7 @@ def cost_report(program, graph: str = "forward", dims: dict | None = None) -> Co
     tot = graph_cost(g, vals, rep.rows)
     rep.flops, rep.bwd_flops, rep.act_bytes, rep.saved_bytes = tot.flops, tot.bwd_flops, tot.act_bytes, tot.saved_bytes
     rep.params, rep.buffers = param_count(program)
-    rep.param_bytes = sum(_own_params(n)[1] for n in program.all_nodes())
+    rep.param_bytes = sum(_own_params(n)[1] for n in _unique_param_nodes(program))
     return rep
 
 

@@ -36,6 +36,13 @@ INITIALISERS: dict[str, tuple[dict, str]] = {
     "kaiming_uniform": ({}, "He uniform with a = sqrt(5) (torch's default for linear and conv weights)"),
     "orthogonal": ({"gain": 1.0}, "a (semi-)orthogonal matrix"),
     "trunc_normal": ({"mean": 0.0, "std": 1.0, "a": -2.0, "b": 2.0}, "N(mean, std^2) truncated to [a, b]"),
+    # Yu & Koltun 2016, section 3: the identity across layers of different widths. With c_in
+    # input and c_out output channels split into `groups` (the paper's C) equal runs, output
+    # channel b reads input channel a at the kernel centre with weight groups / c_out when
+    # floor(a * groups / c_in) == floor(b * groups / c_out); every other weight is N(0, std^2).
+    "group_identity": ({"groups": 1.0, "std": 0.0},
+                       "centre tap groups/out where input and output channel fall in the same of `groups` "
+                       "groups, N(0, std^2) elsewhere (Yu & Koltun's identity across widths)"),
 }
 # Forms the ops' defaults use that a spec does not write: sinusoidal tables are computed, not drawn.
 INTERNAL = {"sinusoidal": ({}, "the Transformer's fixed sines and cosines")}
@@ -124,4 +131,7 @@ def parse_init(spec) -> Init:
         raise InitError(f"normal std={args['std']}", "std >= 0")
     if name == "uniform" and args["a"] > args["b"]:
         raise InitError(f"uniform a={args['a']} > b={args['b']}", "a <= b")
+    if name == "group_identity" and (args["groups"] < 1 or args["groups"] != int(args["groups"]) or args["std"] < 0):
+        raise InitError(f"group_identity groups={args['groups']} std={args['std']}",
+                        "an integer groups >= 1 and std >= 0")
     return Init(name, tuple(args.items()))

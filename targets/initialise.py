@@ -53,6 +53,20 @@ def _identity(shape):
     return out
 
 
+def _group_identity(rng, shape, groups, std, f):
+    """Yu & Koltun's identity across widths (compiler/init.py): N(0, std^2) everywhere, then the
+    centre tap of each (out b, in a) pair in the same group set to groups / out."""
+    if len(shape) < 2:
+        raise LoweringError(f"group_identity initialiser on shape {list(shape)}",
+                            expected="a matrix or a convolution kernel")
+    out = rng.standard_normal(size=shape, dtype=f) * f(std)
+    c_out, c_in, g = shape[0], shape[1], int(groups)
+    same = (np.arange(c_out)[:, None] * g // c_out) == (np.arange(c_in)[None, :] * g // c_in)
+    centre = tuple(k // 2 for k in shape[2:])
+    out[(slice(None), slice(None)) + centre][same] = g / c_out
+    return out
+
+
 def _orthogonal(rng, shape, gain):
     rows, cols = shape[0], math.prod(shape[1:])
     flat = rng.normal(0.0, 1.0, size=(rows, cols))
@@ -92,6 +106,8 @@ def draw(init: Init, shape: tuple, dtype: str, rng: np.random.Generator) -> np.n
         out = _trunc_normal(rng, shape, k["mean"], k["std"], k["a"], k["b"])
     elif name == "identity":
         out = _identity(shape)
+    elif name == "group_identity":
+        out = _group_identity(rng, shape, k["groups"], k["std"], f)
     elif name in ("xavier_uniform", "xavier_normal"):
         fan_in, fan_out = fans(shape)
         std = k["gain"] * math.sqrt(2.0 / (fan_in + fan_out))

@@ -1,5 +1,6 @@
 """The cost model on the whole zoo: FLOPs equal torch's FlopCounterMode on the generated module for
-every bundled spec and preset (N=1 at the declared shapes), and every spec passes `nnspec check`."""
+every bundled spec and preset (N=1 at the declared shapes), the parameter count equals the module's,
+and every spec passes `nnspec check`."""
 from __future__ import annotations
 
 import pytest
@@ -24,6 +25,8 @@ SMALLER = {("resnet", "resnet101"): {"image_size": 64}, ("resnet", "resnet152"):
 def test_flops_equal_flop_counter(spec, preset):
     program = c.load(spec, preset, SMALLER.get((spec, preset)))
     module = build_module(program, seed=0).eval()
+    # parameters: every entry graph's nodes, ties and nodes shared between graphs counted once
+    assert cost_report(program).params == sum(p.numel() for p in module.parameters())
     ours = cost_report(program).flops
     theirs = flop_counter_total(module, declared_inputs(program))
     uncounted = {n.op for n in program.all_nodes() if getattr(n.opdef, "flop_counter_counts", True) is False}

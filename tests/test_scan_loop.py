@@ -163,3 +163,23 @@ def test_block_instances_inside_a_scan_body_are_submodules():
     weights = {k: v.detach().numpy() for k, v in module.state_dict().items()}
     diff = parity(program, {"N": 2, "T": 5}, seed=0, module=module, model=to_onnx_model(program, weights))
     assert max(diff.values()) <= 1e-5, diff
+
+
+def test_an_entry_graph_calls_the_step_module_forward_scans():
+    """`graphs: {one_step: {nodes: {run: {block: step}}}}` with the scan's id shares its module: the
+    generated file has one step class, `one_step` calls `self.run` and binds its outputs by name (one
+    of them unread there, so dead code elimination drops its nodes from that graph)."""
+    from pathlib import Path
+
+    from nnspec.targets.torch.codegen import generate_source
+
+    program = c.load(str(Path(__file__).with_name("specs") / "shared_step_graph.yaml"))
+    source, _ = generate_source(program)
+    assert source.count("\nclass ") == 2  # StepCell and the model
+    assert "run_h, run_y, run_best = self.run(x, h)" in source
+    module = build_module(program, seed=0).eval()
+    x, h = torch.randn(3, 4), torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.equal(module.one_step(x, h), module.run(x, h)[0])
+        seq = torch.randn(3, 1, 4)
+        assert torch.equal(module(seq, h)[0], module.one_step(seq[:, 0], h))

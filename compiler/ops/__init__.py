@@ -6,6 +6,7 @@ from . import conv, elementwise, structural  # noqa: F401  (registration)
 from . import linear, norm, pool, reduce, stochastic, tensor  # noqa: F401  (registration: group A)
 from . import attention, indexing, positional, recurrent  # noqa: F401  (registration: group B)
 from . import axis, construct, logic, resample  # noqa: F401  (registration: group C)
+from . import memory  # noqa: F401  (registration: the NTM's addressing)
 from .base import Op, registry
 
 

@@ -38,7 +38,8 @@ def infer_shapes(program: Program, ctx: PassContext) -> PassResult:
     for g in program.graphs.values():
         _check_index_ranges(g)
     apply_init_defaults(program)
-    total = sum(p.numel() for n in program.all_nodes() for k, p in n.params.items() if k not in n.ties)
+    owners = {n.id: n for n in program.all_nodes() if n.params}  # a node shared by entry graphs, once
+    total = sum(p.numel() for n in owners.values() for k, p in n.params.items() if k not in n.ties)
     if total > MAX_PARAMS:
         raise ShapeError(f"the program has {total:,} parameters and buffers", program.spec.loc(("nodes",), key=True),
                          expected=f"at most {MAX_PARAMS:,}")
@@ -135,6 +136,11 @@ def _dce(g: Graph, keep: set) -> list:
             if n.id not in live:
                 g.remove(n.id)
                 removed.append(n.id)
+    if removed:  # a block instance's outputs that nothing reads are no longer among its outputs
+        gone = set(removed)
+        for inst in g.instances.values():
+            live_outs = [(nm, r) for nm, r in zip(inst.out_names, inst.out_refs) if r[0] not in gone]
+            inst.out_names, inst.out_refs = [nm for nm, _ in live_outs], [r for _, r in live_outs]
     for n in g.nodes():
         if n.body is not None:
             removed += _dce(n.body, keep)

@@ -45,7 +45,24 @@ TORCH_INIT = {
     "kaiming_uniform": "nn.init.kaiming_uniform_({p}, a=math.sqrt(5))",
     "orthogonal": "nn.init.orthogonal_({p}, gain={gain})",
     "trunc_normal": "nn.init.trunc_normal_({p}, mean={mean}, std={std}, a={a}, b={b})",
+    "group_identity": "group_identity_({p}, groups={groups}, std={std})",
 }
+# Initialisers torch has no function for: the helper each one's TORCH_INIT line calls, written
+# once into the file that uses it.
+INIT_SNIPPETS = {"group_identity_": '''
+def group_identity_(weight, groups, std):
+    """Yu & Koltun's identity across widths: N(0, std^2) everywhere, then output channel b reads
+    input channel a at the kernel centre with weight groups / out wherever
+    floor(a * groups / in) == floor(b * groups / out) (the same of `groups` channel groups)."""
+    out, inp, groups = weight.shape[0], weight.shape[1], int(groups)
+    same = torch.arange(out)[:, None] * groups // out == torch.arange(inp) * groups // inp
+    centre = (..., *[k // 2 for k in weight.shape[2:]])
+    with torch.no_grad():
+        nn.init.normal_(weight, std=std)
+        weight[centre].masked_fill_(same, groups / out)
+    return weight
+'''}
+INIT_HELPER = {"group_identity": "group_identity_"}  # initialiser -> the INIT_SNIPPETS entry it calls
 
 
 @lru_cache(maxsize=1 << 16)
@@ -133,7 +150,7 @@ class Codegen:
         self.helpers: dict[str, str] = {}  # snippet name -> code, from the ops' `torch_snippets`
         self._paths: dict[str, str] = {}  # location file -> its spec-relative path
         # class names in use or never to be used
-        self.taken: set = taken_class_names() | set(folding.SNIPPETS) | set(checkpoint.SNIPPETS)
+        self.taken: set = taken_class_names() | set(folding.SNIPPETS) | set(checkpoint.SNIPPETS) | set(INIT_SNIPPETS)
         self.reserved_vars: set = RESERVED | set(self.taken)  # local names forward must not rebind
         self.folded: dict = {}  # id(graph) -> fuse_ops' constants computed in __init__ (targets/torch/folding.py)
 
@@ -187,6 +204,7 @@ class Codegen:
             lines.append(Line(lex("return " + ", ".join(outs))))
             methods.append((mname, [a for _, a in args], lines))
             methods.extend(segments)
+        self.shared_outputs.pop(id(init), None)  # the dict goes; its id may be reused
         init_lines = []
         for attr, val in init.items():
             if isinstance(val, tuple):
@@ -261,19 +279,38 @@ class Codegen:
 
     def instance_call(self, g, key, depth, sc, nodes, init, lines, names, used):
         inst = g.instances[key]
-        uid = self.instance_unit(g, key, depth, nodes).uid
         parts = key.split(".")
+        attr = ident(parts[-1])
+        if sc.kind != "list" and attr in self.shared_outputs.get(id(init), {}):
+            return self.shared_call(g, inst, attr, init, nodes, key, lines, names, used)
+        uid = self.instance_unit(g, key, depth, nodes).uid
         if sc.kind == "list":  # one of a repeat's instances, called on its own
             attr = ident(parts[-2])
             init.setdefault(attr, ("nn.ModuleList", []))[1].append(uid)
             target, base, calls = f"self.{attr}[{parts[-1]}]", f"{parts[-2]}_{parts[-1]}", ""
         else:
-            attr = ident(parts[-1])
             init[attr] = [Line((Child(uid),), f"self.{attr}", attr=attr)]
+            self.shared_outputs.setdefault(id(init), {})[attr] = list(inst.out_names)
             target, base, calls = f"self.{attr}", parts[-1], attr
         note = Note(tuple(_type(g, r) for r in inst.out_refs), self.where(_frame_loc(nodes, key)))
         self.bind(inst.out_refs, inst.out_names, base, f"{target}({', '.join(names[r] for r in inst.in_refs)})",
                   lines, names, used, note, calls)
+
+    def shared_call(self, g, inst, attr, init, nodes, key, lines, names, used):
+        """A block instance of a later entry graph whose module an earlier graph already holds (the same
+        node ids: one module, one set of weights, e.g. `decode_step` calling forward's decoder cell):
+        call that module and bind the outputs it returns by name."""
+        have = self.shared_outputs[id(init)][attr]
+        missing = [o for o in inst.out_names if o not in have]
+        if missing:
+            raise LoweringError(f"'{key}' shares its module with another entry graph, which does not return "
+                                f"{', '.join(missing)}", expected="the graphs sharing a block to read outputs "
+                                "the first of them keeps")
+        refs = [inst.out_refs[inst.out_names.index(o)] if o in inst.out_names else (f"{key}.<unused>", i)
+                for i, o in enumerate(have)]
+        note = Note(tuple(_type(g, r) for r in inst.out_refs), self.where(_frame_loc(nodes, key)))
+        self.bind(refs, have, ident(key.split(".")[-1]),
+                  f"self.{attr}({', '.join(names[r] for r in inst.in_refs)})", lines, names, used, note, attr)
 
     def bind(self, refs, out_names, base, expr, lines, names, used, note, attr=""):
         """`var = expr` (or `a, b = expr`) into `lines`; `attr`: the submodule the line calls."""
@@ -297,8 +334,15 @@ class Codegen:
         # fuse_ops' constants computed in __init__, and the nodes only they read (targets/torch/folding.py)
         folded, skip = self.folded.get(id(g)) or self.folded.setdefault(id(g), folding.constants(g, ident))
         ins = ["None" if ref[0] in skip else names[ref] for ref in g.inputs_of(n.id)]
-        if n.body is not None:  # a node with a body (scan) holds it as a submodule class
+        shared = self.shared_outputs.setdefault(id(init), {})
+        if n.body is not None and attr not in shared:  # a node with a body (scan) holds it as a submodule class
             init[attr] = [Line((Child(self.body_class(n)),), f"self.{attr}", attr=attr)]
+            shared[attr] = list(n.body.outputs)
+        elif n.body is not None and shared[attr] != list(n.body.outputs):
+            # an earlier entry graph made this module (the same id): the loop indexes its outputs
+            raise LoweringError(f"scan '{n.id}' shares its cell with another entry graph, whose module returns "
+                                f"({', '.join(shared[attr])}), not ({', '.join(n.body.outputs)})",
+                                n.loc, expected="graphs sharing a step block to use all of its outputs alike")
         try:
             # a node fuse_ops marked has the code of its mark
             code = folding.to_torch(n, ins, f"self.{attr}", ident, folded) or \
@@ -320,6 +364,8 @@ class Codegen:
             attr_lines = [Line(ctor(code.init), f"self.{attr}", attr=attr)]
             for pname, init_ in n.init.items():
                 attr_lines.append(Line(lex(init_line(f"self.{attr}.{pname}", init_)), attr=attr))
+                if init_.name in INIT_HELPER:
+                    self.helpers[INIT_HELPER[init_.name]] = INIT_SNIPPETS[INIT_HELPER[init_.name]]
             init[attr] = attr_lines
         self.helpers.update({h: n.opdef.torch_snippets.get(h) or folding.SNIPPETS[h] for h in code.helpers})
         if n.id in skip:  # only a constant computed in __init__ reads it: no forward line
@@ -389,6 +435,9 @@ class Codegen:
         p = self.program
         spec = p.spec
         self._returns = {}
+        # id(init dict of a class) -> {submodule attribute: the output names its forward returns}, so
+        # an entry graph reusing a module another graph made calls it as it is
+        self.shared_outputs: dict = {}
         # The root's name first, so no block class can take it.
         self.root_name = class_ident(class_name or class_name_for(spec.name, spec.preset), self.taken)
         self.taken.add(self.root_name)
