@@ -36,7 +36,8 @@ def _teacher(feeds: dict, options) -> dict:
 
 @register("sort")
 class Sort(Task):
-    """Input `x`: n numbers uniform in [0, 1); label `order`: the argsort (ascending, stable)."""
+    """Input `x`: n numbers uniform in [0, 1) (with `points`: `points` (N, n, 1)); label `order`: the
+    argsort (ascending, stable), also fed as `targets` with `teacher_forcing`."""
 
     Options = SortOptions
     metric, metric_doc = SEQ_ACC, SEQ_ACC_DOC
