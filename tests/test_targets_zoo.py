@@ -1,4 +1,5 @@
-"""Every bundled spec and preset through the inference targets:
+"""Every bundled spec and preset through the inference targets (the presets in NARROWED at a smaller
+width, and at full size under `-m slow`):
 
   * ONNX: the full checker and strict shape inference pass (inside `to_onnx_model`), the file is
     byte-identical when built in another process, and onnxruntime (CPU, 1 thread) equals the
@@ -27,6 +28,26 @@ CASES = [(p.stem, preset) for p in bundled_specs() for preset in (list(load_spec
 IDS = [f"{s}-{p}" for s, p in CASES]
 TOL = 1e-4
 
+# Presets of 40M-135M weights spend a minute each in ONNX serialisation, onnxruntime sessions and the
+# TensorRT build on 2 cores while exercising the same graph as at a smaller width: the default suite
+# checks them narrowed (every op, shape rule and dim kept; only widths and vocabularies cut), and
+# `-m slow` at full size (tests/test_targets_zoo.py::test_full_size_*).
+NARROWED = {
+    ("rnnsearch", "rnnsearch"): {"src_vocab": 1000, "tgt_vocab": 1000, "embed": 62, "hidden": 100, "align": 100,
+                                 "maxout": 50},
+    ("ptb_lstm", "large"): {"vocab": 1000, "hidden": 150},
+    ("deepspeech2", "bilstm"): {"hidden": 128},
+    ("deepspeech2", "gru"): {"hidden": 128},
+    ("deepspeech2", "lookahead"): {"hidden": 128},
+    ("dilated_vgg16", "paper"): {"hidden": 256},
+    ("dilated_vgg16", "torchvision"): {"hidden": 256},
+}
+FULL_SIZE = [pytest.param(s, p, marks=pytest.mark.slow, id=f"{s}-{p}") for s, p in CASES if (s, p) in NARROWED]
+
+
+def load(spec, preset, full: bool = False):
+    return c.load(spec, preset, None if full else NARROWED.get((spec, preset)))
+
 
 def _second_shape(program) -> dict:
     """Symbol values that differ from the declared (`opt`) ones, inside the declared range."""
@@ -42,8 +63,8 @@ def _second_shape(program) -> dict:
 _HASHES: dict = {}
 
 
-def _model(spec, preset):
-    program = c.load(spec, preset)
+def _model(spec, preset, full: bool = False):
+    program = load(spec, preset, full)
     module = build_module(program, seed=0).eval()
     weights = {k: v.detach().numpy() for k, v in module.state_dict().items()}
     model = to_onnx_model(program, weights)
@@ -53,7 +74,16 @@ def _model(spec, preset):
 
 @pytest.mark.parametrize("spec,preset", CASES, ids=IDS)
 def test_onnxruntime_equals_torch_at_two_shapes(spec, preset):
-    program, module, model = _model(spec, preset)
+    _parity_at_two_shapes(spec, preset)
+
+
+@pytest.mark.parametrize("spec,preset", FULL_SIZE)
+def test_full_size_onnxruntime_equals_torch_at_two_shapes(spec, preset):
+    _parity_at_two_shapes(spec, preset, full=True)
+
+
+def _parity_at_two_shapes(spec, preset, full: bool = False):
+    program, module, model = _model(spec, preset, full)
     symbols = {d.dim_param for i in model.graph.input for d in i.type.tensor_type.shape.dim if d.dim_param}
     assert "N" in symbols  # the batch stays dynamic
     first = {s: (r.get("opt") or r.get("min") or 1) for s, r in program.forward.symbols.items()}
@@ -70,8 +100,9 @@ import hashlib, json, sys
 import nnspec.compiler as c
 from nnspec.targets.onnx.export import to_onnx_model
 out = {}
+narrowed = json.loads(sys.argv[2])
 for spec, preset in json.loads(sys.argv[1]):
-    model = to_onnx_model(c.load(spec, preset), seed=0)
+    model = to_onnx_model(c.load(spec, preset, narrowed.get(f"{spec}-{preset}")), seed=0)
     out[f"{spec}-{preset}"] = hashlib.sha256(model.SerializeToString()).hexdigest()
 print(json.dumps(out))
 """
@@ -81,7 +112,9 @@ def test_onnx_bytes_identical_across_processes():
     for spec, preset in CASES:  # when run alone, build here what the parity tests would have
         if f"{spec}-{preset}" not in _HASHES:
             _model(spec, preset)
-    r = subprocess.run([sys.executable, "-c", HASH_SCRIPT, json.dumps(CASES)], capture_output=True, text=True)
+    narrowed = {f"{s}-{p}": o for (s, p), o in NARROWED.items()}
+    r = subprocess.run([sys.executable, "-c", HASH_SCRIPT, json.dumps(CASES), json.dumps(narrowed)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout) == _HASHES
     assert len(set(_HASHES.values())) == len(CASES)  # and the presets really differ
@@ -94,11 +127,20 @@ TRT_VERDICTS: dict = {}
 
 @pytest.mark.parametrize("spec,preset", CASES, ids=IDS)
 def test_tensorrt_rtx_builds_an_engine(spec, preset, tmp_path):
+    _build_engine(spec, preset, tmp_path)
+
+
+@pytest.mark.parametrize("spec,preset", FULL_SIZE)
+def test_full_size_tensorrt_rtx_builds_an_engine(spec, preset, tmp_path):
+    _build_engine(spec, preset, tmp_path, full=True)
+
+
+def _build_engine(spec, preset, tmp_path, full: bool = False):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is part of the dev install (`.[dev]`)")
     from nnspec.targets.onnx.export import compile_onnx
     from nnspec.targets.tensorrt import build_engine
 
-    program = c.load(spec, preset)
+    program = load(spec, preset, full)
     files = compile_onnx(program, tmp_path, seed=0, for_trt=True)
     if (spec, preset) in TRT_VERDICTS:
         from nnspec.targets.tensorrt.build import TensorRTBuildError
