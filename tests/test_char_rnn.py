@@ -5,7 +5,6 @@ form lowers to; and the signature behaviour, the karpathy preset reaching <= 2.3
 on the spec's own recipe (600 steps on CPython's help topics)."""
 from __future__ import annotations
 
-import math
 import time
 
 import onnx

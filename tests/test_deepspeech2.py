@@ -4,7 +4,6 @@ the valid output lengths CTC reads, and the signature: CTC training on synthetic
 greedy decoding then transcribes with a low character error rate."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

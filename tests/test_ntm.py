@@ -4,9 +4,7 @@ task's signature (the loss falls, every addressing weighting stays a distributio
 than an LSTM at twice the training length)."""
 from __future__ import annotations
 
-import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

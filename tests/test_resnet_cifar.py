@@ -182,3 +182,19 @@ def test_unknown_shortcut_is_a_spec_error():
     with pytest.raises(NnspecError) as e:
         c.load("resnet", "resnet20", {"shortcut": "C"})
     assert "shortcut_must_be_A_B_or_none" in e.value.render()
+
+
+@pytest.mark.parametrize("spec,preset", [("resnet", "resnet20"), ("resnet", "resnet110"), ("resnet", "plain56"),
+                                         ("preact_resnet", "preact164"), ("preact_resnet", "preact1001")])
+def test_cifar_recipes_divide_the_rate_at_32k_and_48k(spec, preset):
+    """Section 4.2's schedule: lr 0.1, divided by 10 at 32k and again at 48k of 64k iterations."""
+    from nnspec.compiler.spec.load import load_spec
+    from nnspec.runtime.train.schedules import multiplier
+    from nnspec.runtime.train.section import recipe
+
+    cfg = recipe(load_spec(spec, preset))
+    f = multiplier(cfg.schedule, cfg.optimizer.lr)
+    assert cfg.steps == 64000 and cfg.optimizer.lr == 0.1
+    assert [f(k) for k in (0, 31999)] == [1.0, 1.0]
+    assert f(32000) == pytest.approx(0.1) and f(47999) == pytest.approx(0.1)
+    assert f(48000) == pytest.approx(0.01) and f(63999) == pytest.approx(0.01)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import nnspec.compiler as c
 from nnspec.targets.onnx.runner import parity
