@@ -1,4 +1,5 @@
-"""Shared test setup: one torch thread, `slow` tests only under `-m slow`, and helpers to compile tiny specs and count FLOPs.
+"""Shared test setup: one torch thread, `slow` tests only under `-m slow`, and helpers to compile
+tiny specs, count one graph's parameters (`graph_params`) and count FLOPs.
 
 `spec_from_nodes` (a fixture, and `write_spec` / `compile_nodes` as plain functions) turns a few
 node definitions into a spec file under `tmp_path` and compiles it; `flop_counter_total` is
@@ -26,6 +27,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def graph_params(g) -> int:
+    """Trainable parameters the nodes of one graph hold, scan bodies included, ties counted once
+    (an entry graph sharing another's weights by node id holds all of them too)."""
+    total = 0
+    for n in g.topo():
+        total += sum(q.numel() for k, q in n.params.items() if k not in n.ties and not q.buffer)
+        if n.body is not None:
+            total += graph_params(n.body)
+    return total
 
 
 def write_spec(path: Path, inputs: dict, nodes: dict, outputs=None, dims: dict | None = None,

@@ -13,17 +13,14 @@ from nnspec.runtime.cli import main
 from nnspec.targets.torch.build import build_module
 
 from conftest import declared_inputs, flop_counter_total
+from test_targets_zoo import NARROWED
 
 CASES = [(p.stem, preset) for p in bundled_specs() for preset in (list(load_spec(p).model.presets) or [None])]
 # Deep ImageNet nets at 224x224 cost seconds per forward on 2 cores; their layers are the same
 # ops as resnet18/50, so they are checked at a smaller image (the cost model is shape-generic).
 SMALLER = {("resnet", "resnet101"): {"image_size": 64}, ("resnet", "resnet152"): {"image_size": 64},
            ("transformer", "big"): {"layers": 1},
-           # tens of millions of weights to draw for the same ops as their small presets
-           ("rnnsearch", "rnnsearch"): {"src_vocab": 1000, "tgt_vocab": 1000, "hidden": 100, "align": 100},
-           ("ptb_lstm", "large"): {"vocab": 1000}, ("deepspeech2", "bilstm"): {"hidden": 128},
-           ("deepspeech2", "gru"): {"hidden": 128}, ("dilated_vgg16", "paper"): {"hidden": 256},
-           ("dilated_vgg16", "torchvision"): {"hidden": 256}}
+           **NARROWED}  # tens of millions of weights to draw for the same ops as at a smaller width
 
 
 @pytest.mark.parametrize("spec,preset", CASES, ids=[f"{s}-{p}" for s, p in CASES])

@@ -13,6 +13,7 @@ from nnspec.compiler.cost import cost_report
 from nnspec.runtime.cli import main as nnspec
 from nnspec.runtime.tasks.base import make_task
 from nnspec.runtime.train.checkpoint import latest_checkpoint, load_checkpoint
+from nnspec.runtime.train.metrics import ctc_greedy, edit_distance
 from nnspec.runtime.train.rundir import read_metrics
 from nnspec.targets.torch.build import build_module
 
@@ -194,37 +195,13 @@ def test_out_len_is_the_time_convolutions_arithmetic():
 
 # --- the signature: CTC transcription of synthetic spectrograms --------------------------------
 
-def greedy_ctc(logits: torch.Tensor, lengths: torch.Tensor, blank: int = 0) -> list[list[int]]:
-    """Best class per frame, repeats collapsed, blanks dropped."""
-    best = logits.argmax(-1).tolist()
-    out = []
-    for row, n in zip(best, lengths.tolist()):
-        labels, last = [], None
-        for k in row[:n]:
-            if k != last and k != blank:
-                labels.append(k)
-            last = k
-        out.append(labels)
-    return out
-
-
-def edit_distance(a, b) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
 def character_error_rate(module, task, batches=8, batch=32) -> float:
     errors = total = 0
     module.eval()
     for b in task.eval_batches(batch, batches):
         with torch.no_grad():
             logits, out_len = module(torch.from_numpy(b["x"]), torch.from_numpy(b["input_len"]))
-        for d, t, n in zip(greedy_ctc(logits, out_len), b["labels"].tolist(), b["label_len"].tolist()):
+        for d, t, n in zip(ctc_greedy(logits, out_len), b["labels"].tolist(), b["label_len"].tolist()):
             errors += edit_distance(d, t[:n])
             total += n
     return errors / total

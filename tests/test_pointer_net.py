@@ -22,6 +22,8 @@ from nnspec.targets.onnx.export import to_onnx_model
 from nnspec.targets.onnx.runner import parity
 from nnspec.targets.torch.build import build_module
 
+from conftest import graph_params
+
 torch.set_num_threads(1)
 
 PRESETS = ["hull256", "hull512", "sort256"]
@@ -67,16 +69,6 @@ class Reference(nn.Module):
 def reference_count(in_dim: int, hidden: int) -> int:
     ref = Reference(in_dim, hidden)
     return sum(p.numel() for p in ref.parameters())
-
-
-def graph_params(g) -> int:
-    """Parameters the nodes of one graph hold, scan bodies included (ties counted once)."""
-    total = 0
-    for n in g.topo():
-        total += sum(q.numel() for k, q in n.params.items() if k not in n.ties and not q.buffer)
-        if n.body is not None:
-            total += graph_params(n.body)
-    return total
 
 
 @pytest.mark.parametrize("preset", PRESETS)

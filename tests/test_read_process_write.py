@@ -20,20 +20,13 @@ from nnspec.runtime.train.checkpoint import latest_checkpoint
 from nnspec.targets.onnx.export import to_onnx_model
 from nnspec.targets.onnx.runner import parity
 from nnspec.targets.torch.build import build_module
+
+from conftest import graph_params
 from nnspec.targets.torch.interpret import evaluate
 
 torch.set_num_threads(1)
 
 PRESETS = ["rpw", "rpw_glimpse", "rpw_p1"]
-
-
-def graph_params(g) -> int:
-    total = 0
-    for n in g.topo():
-        total += sum(q.numel() for k, q in n.params.items() if k not in n.ties and not q.buffer)
-        if n.body is not None:
-            total += graph_params(n.body)
-    return total
 
 
 def reference_count(in_dim: int, d: int, steps: int, glimpse: bool) -> int:

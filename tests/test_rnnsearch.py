@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 import nnspec.compiler as c
+from nnspec.compiler.cost import cost_report
 from nnspec.targets.onnx.runner import parity
 from nnspec.targets.torch.build import build_module
 
@@ -58,16 +59,6 @@ def nnspec_count(Kx, Ky, m, n, n_a, l) -> int:
     return paper_count(Kx, Ky, m, n, n_a, l, biases=True) + 3 * (3 * n) - n_a
 
 
-def forward_params(program) -> int:
-    """Parameters of the forward graph, scan bodies included (the other entry graphs share them)."""
-    def walk(g):
-        for node in g.topo():
-            yield sum(p.numel() for k, p in node.params.items() if k not in node.ties)
-            if node.body is not None:
-                yield from walk(node.body)
-    return sum(walk(program.graphs["forward"]))
-
-
 def test_closed_form_gives_the_issue_figures():
     assert paper_count(**B2, biases=False) == 80_401_000
     assert paper_count(**B2, biases=True) == 80_443_000
@@ -76,20 +67,20 @@ def test_closed_form_gives_the_issue_figures():
 
 def test_parameter_count_equals_the_closed_form():
     program = c.load(SPEC, "rnnsearch")
-    assert forward_params(program) == nnspec_count(**B2)
+    assert cost_report(program).params == nnspec_count(**B2)
     # without biases nnspec and the paper's equations have exactly the same parameters
-    assert forward_params(c.load(SPEC, "rnnsearch", overrides={"bias": False})) == paper_count(**B2, biases=False)
+    assert cost_report(c.load(SPEC, "rnnsearch", overrides={"bias": False})).params == paper_count(**B2, biases=False)
 
 
 @pytest.mark.parametrize("preset", ["small", "small_noattn"])
 def test_entry_graphs_share_forward_weights(preset):
     program = c.load(SPEC, preset)
     module = build_module(program, seed=0)
-    assert sum(p.numel() for p in module.parameters()) == forward_params(program)
+    assert sum(p.numel() for p in module.parameters()) == cost_report(program).params
     sizes = dict(src_vocab=13, tgt_vocab=13, embed=16, hidden=64, align=64, maxout=32)
     Kx, Ky, m, n, n_a, l = sizes.values()
     want = nnspec_count(Kx, Ky, m, n, n_a, l) - (0 if preset == "small" else n_a * n + n_a * 2 * n + n_a)
-    assert forward_params(program) == want
+    assert cost_report(program).params == want
 
 
 class Reference(nn.Module):
