@@ -77,9 +77,9 @@ def test_the_default_task_trains(spec, tmp_path):
 
 def last_losses(tmp_path, preset: str, steps: int = 300) -> float:
     """Mean training loss of the last 20 of `steps` steps of the preset's CIFAR recipe (SGD 0.1,
-    momentum 0.9, weight decay 1e-4; batch 64 here) on the 8 x 8 digits."""
+    momentum 0.9, weight decay 1e-4; batch 32 here) on the 8 x 8 digits."""
     run = tmp_path / preset
-    assert nnspec(["train", "resnet", "--preset", preset, "--set", "image_size=8", "--batch", "64", "--steps",
+    assert nnspec(["train", "resnet", "--preset", preset, "--set", "image_size=8", "--batch", "32", "--steps",
                    str(steps), "--set", "train.log_every=1", "--set", f"train.eval.every={steps}", "--threads", "1",
                    "--no-progress", "--out", str(run)]) == 0
     return float(np.mean([r["loss"] for r in read_metrics(run) if r["split"] == "train"][-20:]))
@@ -87,8 +87,8 @@ def last_losses(tmp_path, preset: str, steps: int = 300) -> float:
 
 def test_plain56_degrades_where_resnet56_learns(tmp_path):
     """He et al.'s degradation problem (Fig. 6) in miniature: the same 56 layers, with and without
-    shortcuts, the same recipe and steps. Measured: resnet56 0.34, plain56 1.93 (chance is ln 10 =
-    2.30; validation accuracy 0.86 vs 0.21); about 20 s each on one thread."""
+    shortcuts, the same recipe and steps. Measured at batch 32: resnet56 0.63, plain56 1.84 (chance is
+    ln 10 = 2.30); at batch 64, twice the time: 0.34 vs 1.93 (validation accuracy 0.86 vs 0.21)."""
     residual, plain = last_losses(tmp_path, "resnet56"), last_losses(tmp_path, "plain56")
-    assert residual < 0.6
-    assert plain > 1.5 and plain > 4 * residual
+    assert residual < 0.9
+    assert plain > 1.5 and plain > 2 * residual
