@@ -11,7 +11,6 @@ Usage: .venv/bin/python benchmarks/check_time.py [--quick] [--rounds N]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import subprocess
@@ -19,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from timing import PYTHON, REPO, header, median, sec, table
+from timing import PYTHON, REPO, header, median, rounds_from, sec, table
 
 GOAL_S, GOAL_MB = 3.0, 500
 BIG = str(REPO / "benchmarks" / "specs" / "stack_100k.yaml")
@@ -41,11 +40,7 @@ def run_cli(spec: str) -> dict:
 
 
 def main(argv: list) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
-    ap.add_argument("--rounds", type=int, default=None)
-    args = ap.parse_args(argv[1:])
-    rounds = args.rounds or (2 if args.quick else 5)
+    rounds = rounds_from(argv, __doc__)
     with tempfile.TemporaryDirectory() as tmp:
         tiny = os.path.join(tmp, "tiny.yaml")
         with open(tiny, "w") as f:

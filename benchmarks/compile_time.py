@@ -17,11 +17,10 @@ Usage: .venv/bin/python benchmarks/compile_time.py [--quick] [--rounds N]
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import textwrap
 
-from timing import REPO, header, median, percentile, run_fresh, sec, table
+from timing import REPO, header, median, percentile, rounds_from, run_fresh, sec, table
 
 GOAL = 1.5
 STACK_SPEC = str(REPO / "benchmarks" / "specs" / "residual_stack.yaml")
@@ -174,11 +173,7 @@ def report(runs: dict) -> tuple[str, str]:
 
 
 def main(argv: list) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
-    ap.add_argument("--rounds", type=int, default=None)
-    args = ap.parse_args(argv[1:])
-    rounds = args.rounds or (2 if args.quick else 5)
+    rounds = rounds_from(argv, __doc__)
     print(header("Compile time (fresh processes)", argv))
     text, verdict = report(measure(rounds))
     print(text + "\n\n" + verdict + "\n")

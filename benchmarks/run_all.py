@@ -16,7 +16,7 @@ import time
 from timing import PYTHON, REPO, machine, machine_line
 
 SCRIPTS = ["compile_time", "check_time", "step_time", "export_time", "export_cli", "ort_vs_eager", "fusion", "partition",
-           "remat", "train_overhead", "train_parallel"]
+           "remat", "train_overhead", "train_parallel", "inspect_7b"]
 DOC = REPO / "BENCHMARKS.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 

@@ -151,6 +151,16 @@ def sec(s: float) -> str:
     return f"{s:.2f}"
 
 
+def rounds_from(argv: list, doc: str, quick: int = 2, full: int = 5) -> int:
+    """The rounds a script with only `--quick` / `--rounds N` runs (argv as sys.argv)."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help=f"{quick} rounds instead of {full}")
+    ap.add_argument("--rounds", type=int, default=None)
+    args = ap.parse_args(argv[1:])
+    return args.rounds or (quick if args.quick else full)
+
+
 def header(title: str, argv: list) -> str:
     """Title, the exact command, and the machine line every script prints first."""
     cmd = ".venv/bin/python " + " ".join(["benchmarks/" + Path(argv[0]).name] + argv[1:])

@@ -119,6 +119,24 @@ class Saved:
         return self.types[value].nbytes(self.vals)
 
 
+_COSTS: dict = {}  # (op, attrs, input types, output types) -> Cost
+_COSTS_MAX = 4096
+
+
+def op_cost(n, ins):
+    """`n.opdef.cost(n.attrs, ins, n.outputs)`, computed once per distinct (op, attrs, types): an op's
+    cost is a function of those alone (the op contract), and the 32 layers of a 7B model are 32 copies
+    of the same nodes, whose symbolic saved-bytes expressions are the slow part of a report."""
+    key = (n.op, repr(n.attrs), tuple(repr(t) for t in ins), tuple(repr(t) for t in n.outputs))
+    c = _COSTS.get(key)
+    if c is None:
+        c = n.opdef.cost(n.attrs, ins, n.outputs)
+        if len(_COSTS) >= _COSTS_MAX:
+            _COSTS.clear()
+        _COSTS[key] = c
+    return c
+
+
 def saved_values(graph, vals: dict) -> Saved:
     """Which storages each node of `graph` keeps for backward at dim values `vals`: the one place the
     ops' `Cost` fields (saved_inputs, saved_for, saved_outputs, saved_extra, views, state_output,
@@ -137,7 +155,7 @@ def saved_values(graph, vals: dict) -> Saved:
             continue
         ins = graph.input_types(n.id)
         refs = graph.inputs_of(n.id)
-        c = n.opdef.cost(n.attrs, ins, n.outputs)
+        c = op_cost(n, ins)
         trainable = any(not p.buffer for p in n.params.values())
         active = trainable or any(grad.get(r, False) for r in refs)
         out.active[n.id] = active
@@ -174,7 +192,7 @@ def graph_cost(graph, vals: dict, rows: list | None = None, depth: int = 0, mult
         if n.op == "input":
             continue
         ins = graph.input_types(n.id)
-        c = n.opdef.cost(n.attrs, ins, n.outputs)
+        c = op_cost(n, ins)
         f = _r(c.flops, vals) * mult
         a = sum(t.nbytes(vals) for t in n.outputs) * mult
         b = s = 0

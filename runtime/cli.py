@@ -14,6 +14,7 @@
     nnspec verify SPEC
     nnspec deploy ARTIFACT_DIR --triton REPO_DIR
     nnspec import-weights SPEC --from THEIRS.safetensors -o OURS.safetensors [--map MAP.yaml]
+    nnspec sweep SPEC --set d_model=[32,64,128] --set layers=[1,2] -o DIR   (power-law fit of loss vs size)
 
 Exit codes: 0 ok, 1 bad spec (or failed verification), 2 usage, 3 a target's toolchain is missing.
 `check`, `inspect`, `graph`, `schema` and `compile --target torch` never import torch.
@@ -284,11 +285,32 @@ def cmd_compile(args) -> int:
     if prof is not None:  # its ids must be the program's (partition_pipeline checks them too for stages)
         from nnspec.compiler.cost import check_profile
         check_profile(program, prof)
+    meta = _meta(program, args, args.weights)
     files = compile_artifacts(program, args.target, args.output, weights=args.weights, seed=args.seed,
-                              precision=args.precision, workspace_mb=args.workspace_mb, opt_level=args.opt_level)
+                              precision=args.precision, workspace_mb=args.workspace_mb, opt_level=args.opt_level,
+                              meta=meta)
+    if meta:
+        from nnspec.runtime.compile import meta_note
+        print(f"note: --meta: {meta_note(args.target)}", file=sys.stderr)
     for name in files:
         print(os.path.join(args.output, name))
     return EXIT_OK
+
+
+def _meta_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--meta", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{what} without allocating parameters (default: on above 1e9 parameters when no --weights "
+                        "are given, with a note; --no-meta forces real initial weights)")
+
+
+def _meta(program, args, weights=None) -> bool:
+    """--meta as given, else automatic above the threshold (printed as a note when it turns on)."""
+    from nnspec.runtime.compile import META_THRESHOLD, wants_meta
+    meta = wants_meta(program, getattr(args, "meta", None), weights)
+    if meta and getattr(args, "meta", None) is None:
+        print(f"note: {program.spec.name} has over {META_THRESHOLD:.0e} parameters: compiling with --meta "
+              "(no weights drawn; --no-meta to draw them, --weights to give them)", file=sys.stderr)
+    return meta
 
 
 def cmd_profile(args) -> int:
@@ -467,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     _remat_arg(p)
     p.add_argument("--profile", metavar="PROFILE.json", help="measured per-node times (`nnspec profile -o`) for "
                    "--stages and --remat-budget to plan with instead of FLOPs")
+    _meta_arg(p, "write the model (torch: model.py; onnx: the graph, initializers as external-data references)")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("train", help="train the generated module on the spec's task (train: section); "
@@ -557,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map", metavar="MAP.yaml", help="a YAML map {their.key.fragment: our.key.fragment} instead of the "
                    "spec's reference.keys; 'none' keeps the keys as they are")
     p.set_defaults(fn=cmd_import_weights)
+
+    from nnspec.runtime.sweep import add_parser as add_sweep_parser
+    add_sweep_parser(sub, train_main=main)
     return ap
 
 

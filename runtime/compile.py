@@ -104,8 +104,32 @@ def program_for(spec, target: str, fuse: str | None = None, preset: str | None =
                         options=opts)
 
 
+META_THRESHOLD = 10 ** 9  # parameters above which `nnspec compile` builds without weights unless given some
+
+META_NOTE = ("no weights file is written: the graph's initializers are external-data references into "
+             "weights.safetensors as `nnspec import-weights` (or `nnspec compile --weights`) writes the spec's "
+             "state dict; put that file beside the model to run it")
+
+
+def meta_note(target: str) -> str:
+    """What a --meta artifact of `target` holds and what it still needs."""
+    if target == "torch":
+        return ("no weights file is written: model.py alone; build it under `torch.device('meta')` and load a "
+                "state dict (e.g. the file `nnspec import-weights` writes) with load_state_dict(..., assign=True)")
+    return META_NOTE
+
+
+def wants_meta(program, meta: bool | None, weights) -> bool:
+    """Whether to compile without weights: --meta, or (not said either way) no --weights and more
+    than META_THRESHOLD parameters (drawing a 7B model's initial weights takes tens of GB)."""
+    if meta is not None:
+        return bool(meta) and weights is None
+    return weights is None and cost_report(program).params > META_THRESHOLD
+
+
 def compile_artifacts(program, target: str, out_dir: str, weights: str | None = None, seed: int = 0,
-                      precision: str = "fp32", workspace_mb: int | None = None, opt_level: int = 3) -> list[str]:
+                      precision: str = "fp32", workspace_mb: int | None = None, opt_level: int = 3,
+                      meta: bool = False) -> list[str]:
     """Write the artifacts of `target` into `out_dir` (replaced as a whole); returns the file names written.
 
     The target's registry entry writes its files; this wraps them: weights checked first, the
@@ -136,8 +160,17 @@ def compile_artifacts(program, target: str, out_dir: str, weights: str | None = 
         check_weights(program, arrays, f"weights in '{weights}'")
     if entry.check is not None:
         entry.check(program)  # e.g. TensorRT's lint: a LoweringError naming each unsupported node
+    if meta and weights is not None:
+        meta = False  # real weights given: they are written
+    if meta and target not in ("torch", "onnx"):
+        from nnspec.compiler.errors import LoweringError
+        raise LoweringError(f"--meta compiles without weights, and a {target} engine is built from them",
+                            hint="compile --target onnx --meta for the graph, or give --weights")
     manifest = base_manifest(program, target, seed, weights, trained)
-    job = CompileJob(manifest, arrays, seed, dict(precision=precision, workspace_mb=workspace_mb, opt_level=opt_level))
+    if meta:  # the manifest says so: no weights, and where the graph expects them
+        manifest["weights"] = {"source": "meta", "seed": None, "file": None, "note": meta_note(target)}
+    job = CompileJob(manifest, arrays, seed, dict(precision=precision, workspace_mb=workspace_mb, opt_level=opt_level,
+                                                  meta=bool(meta)))
     with staged_folder(out_dir) as tmp:
         pending = entry.compile(program, tmp, job)
         manifest["files"] = _digests(tmp)

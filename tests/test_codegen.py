@@ -382,7 +382,8 @@ def _assert_faithful(program) -> None:
 
 def test_zoo_modules_are_faithful():
     for spec, preset, overrides in (("resnet", "resnet18", {"image_size": 32}), ("resnet", "resnet20", None),
-                                    ("transformer", "base", None), ("char_rnn", "small", None)):
+                                    ("transformer", "encoder_base", None), ("transformer", "tiny", None),
+                                    ("char_rnn", "small", None)):
         _assert_faithful(load(spec, preset, overrides))
 
 

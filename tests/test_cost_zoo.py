@@ -19,7 +19,7 @@ CASES = [(p.stem, preset) for p in bundled_specs() for preset in (list(load_spec
 # Deep ImageNet nets at 224x224 cost seconds per forward on 2 cores; their layers are the same
 # ops as resnet18/50, so they are checked at a smaller image (the cost model is shape-generic).
 SMALLER = {("resnet", "resnet101"): {"image_size": 64}, ("resnet", "resnet152"): {"image_size": 64},
-           ("transformer", "big"): {"layers": 1},
+           ("transformer", "big"): {"layers": 1}, ("transformer", "encoder_big"): {"layers": 1},
            **NARROWED}  # tens of millions of weights to draw for the same ops as at a smaller width
 
 

@@ -49,8 +49,9 @@ def assert_matches(loss, ref, wrt):
 
 
 def test_registry_names_and_contract():
-    assert sorted(LOSSES) == ["binary_ce", "cross_entropy", "ctc", "description_length", "dpo", "elbo",
-                              "in_batch_contrastive", "mae", "mse", "multi_token", "pointer_ce", "sequence_ce"]
+    assert sorted(LOSSES) == ["binary_ce", "cross_entropy", "ctc", "description_length", "dpo", "dpo_lm", "elbo",
+                              "in_batch_contrastive", "mae", "mse", "multi_token", "pointer_ce", "rag_sequence",
+                              "rag_token", "sequence_ce"]
     for name, cls in LOSSES.items():
         assert cls.name == name and cls.reads and cls.__doc__
         assert cls.Options.model_config["extra"] == "forbid"
@@ -288,6 +289,33 @@ def test_dpo_with_beta_and_frozen_reference():
     torch.testing.assert_close(m["margin"], z.detach().mean(), **TOL)
     smooth, _ = make_loss({"name": "dpo", "beta": 0.3, "label_smoothing": 0.1})(inputs)
     assert_matches(smooth, (0.9 * torch.log1p(torch.exp(-z)) + 0.1 * torch.log1p(torch.exp(z))).mean(), [pc, pr])
+
+
+def test_dpo_lm_sums_response_log_probs_of_paired_rows():
+    """dpo_lm on (2N, T, V) logits equals dpo on the response log-probs summed by hand: rows 0..N-1
+    chosen, N..2N-1 rejected, positions outside response_mask left out."""
+    N, T, V = 3, 5, 7
+    logits, ref_logits = randn(2 * N, T, V, seed=33), randn(2 * N, T, V, seed=34)
+    targets = torch.randint(0, V, (2 * N, T), generator=torch.Generator().manual_seed(35))
+    mask = torch.zeros(2 * N, T)
+    mask[:, 2:] = 1.0
+    lm = make_loss({"name": "dpo_lm", "beta": 0.2})
+    assert lm.reference and not make_loss("dpo").reference  # the trainer keeps a frozen copy for dpo_lm only
+    loss, m = lm({"logits": logits, "reference_logits": ref_logits, "targets": targets, "response_mask": mask})
+
+    def seq(x):
+        lp = torch.log_softmax(x, -1)
+        return torch.stack([sum(lp[r, t, targets[r, t]] for t in range(2, T)) for r in range(2 * N)])
+    pol, ref = seq(logits), seq(ref_logits)
+    want, wm = make_loss({"name": "dpo", "beta": 0.2})({
+        "policy_chosen_logps": pol[:N], "policy_rejected_logps": pol[N:],
+        "reference_chosen_logps": ref[:N], "reference_rejected_logps": ref[N:]})
+    assert_matches(loss, want, [logits])
+    torch.testing.assert_close(m["margin"], wm["margin"], **TOL)
+    g, = torch.autograd.grad(loss, [ref_logits], allow_unused=True)
+    assert g is None or torch.equal(g, torch.zeros_like(g))  # no gradient into the reference
+    with pytest.raises(LossError, match="2N"):
+        lm({"logits": logits[:5], "reference_logits": ref_logits[:5], "targets": targets[:5], "response_mask": mask[:5]})
 
 
 def test_in_batch_contrastive_is_ce_over_similarity_matrix():

@@ -240,8 +240,9 @@ def strided_copies(program, dims) -> int:
     ("resnet", "resnet20", {}, {"N": 2}, 0),
     ("alexnet", "torchvision", {"image_size": 64, "hidden": 64, "num_classes": 10}, {"N": 2}, 0),
     ("alexnet", "paper", {"image_size": 96, "hidden": 64, "num_classes": 10}, {"N": 2}, 0),
-    ("transformer", "base", {"d_model": 32, "heads": 4, "layers": 2}, {"N": 2, "T": 5}, 0),
-    ("transformer", "base", {"d_model": 32, "heads": 4, "layers": 1, "dropout": 0.0}, {"N": 1, "T": 3}, 0),
+    ("transformer", "encoder_base", {"d_model": 32, "heads": 4, "layers": 2}, {"N": 2, "T": 5}, 0),
+    ("transformer", "encoder_base", {"d_model": 32, "heads": 4, "layers": 1, "dropout": 0.0}, {"N": 1, "T": 3}, 0),
+    ("transformer", "tiny", {"d_model": 32, "heads": 4, "layers": 1}, {"N": 2, "S": 4, "T": 5}, 0),
 ])
 def test_whole_model_saved_bytes(spec, preset, overrides, dims, short):
     program = nc.load(spec, preset, overrides)

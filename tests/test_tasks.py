@@ -16,7 +16,7 @@ from nnspec.runtime.tasks.pointer import convex_hull
 
 EXPECTED = {"copy", "repeat_copy", "associative_recall", "sort", "convex_hull", "tsp", "nth_farthest",
             "char_corpus", "word_corpus", "seq2seq", "ctc_spectrogram", "graph_properties",
-            "sort_of_clevr", "preference_pairs", "retrieval", "digits", "set_average"}
+            "sort_of_clevr", "preference_pairs", "retrieval", "digits", "set_average", "induction"}
 
 
 def _make(name, **opts):

@@ -192,7 +192,7 @@ def test_transformer_encoder_equals_torch():
             if isinstance(mod, nn.LayerNorm):
                 mod.weight.uniform_(0.5, 1.5)
                 mod.bias.normal_(0, 0.1)
-    ours, ref = ours_with(ref, "transformer", "base")
+    ours, ref = ours_with(ref, "transformer", "encoder_base")
     assert n_params(ours) == 18_914_304
     x = torch.randn(2, 12, 512)
     with torch.no_grad():

@@ -48,6 +48,13 @@ def encoder_params(d: int, d_ff: int, layers: int) -> int:
     return layers * per_layer
 
 
+def encoder_decoder_params(d: int, d_ff: int, layers: int, vocab: int) -> int:
+    """The 2017 model: the encoder stack, decoder layers of two attentions, a feed-forward network and
+    three LayerNorms, and one vocab x d table for source, target and the pre-softmax projection."""
+    attention, ffn, norms = 4 * d * d + 4 * d, 2 * d * d_ff + d_ff + d, 3 * 2 * d
+    return encoder_params(d, d_ff, layers) + layers * (2 * attention + ffn + norms) + vocab * d
+
+
 # (spec, preset) -> exact parameter count; None is the spec's default params.
 EXPECTED_PARAMS = {
     # torchvision's published counts
@@ -72,8 +79,10 @@ EXPECTED_PARAMS = {
     ("char_rnn", "small"): char_rnn_params(65, 64, 128, 2),
     ("char_rnn", "shakespeare"): char_rnn_params(65, 512, 512, 3),
     ("transformer", None): encoder_params(512, 2048, 6),
-    ("transformer", "base"): encoder_params(512, 2048, 6),
-    ("transformer", "big"): encoder_params(1024, 4096, 6),
+    ("transformer", "encoder_base"): encoder_params(512, 2048, 6),
+    ("transformer", "encoder_big"): encoder_params(1024, 4096, 6),
+    ("transformer", "base"): encoder_decoder_params(512, 2048, 6, 37000),
+    ("transformer", "big"): encoder_decoder_params(1024, 4096, 6, 37000),
 }
 
 # Reported figures that the computed ones do not match at the stated precision, each explained
@@ -86,6 +95,13 @@ KNOWN_GAPS = {
     ("resnet", "resnet152", "macs"): 0.08,
     ("preact_resnet", "preact1001", "params"): 0.015,  # Table 3's 10.2M leaves batch norm out; 10,327,706 with it
     ("ntm", "copy", "params"): 0.04,          # Table 2's 67,561; pytorch-ntm's layout + the learned initial state: 65,440
+    # Table 3's 65M / 213M; nn.Transformer's stacks (no final norms) + one 37k x d table: 63.08M / 214.25M
+    ("transformer", "base", "params"): 0.035,
+    ("transformer", "big", "params"): 0.01,
+    # Table 2's 117M / 345M; the released weights (GPT2LMHeadModel, head tied) have 124.44M / 354.82M
+    ("gpt2", None, "params"): 0.07,
+    ("gpt2", "small", "params"): 0.07,
+    ("gpt2", "medium", "params"): 0.03,
 }
 
 
@@ -174,7 +190,8 @@ OUTPUT_SHAPES = {
     ("resnet", "resnet20"): ("N", 10),
     ("alexnet", "paper"): ("N", 1000),
     ("char_rnn", "shakespeare"): ("N", "T", 65),
-    ("transformer", "big"): ("N", "T", 1024),
+    ("transformer", "encoder_big"): ("N", "T", 1024),
+    ("transformer", "big"): ("N", "T", 37000),
 }
 
 

@@ -3,7 +3,9 @@
 Masks follow F.scaled_dot_product_attention everywhere: a bool mask is True where a query may attend
 to a key, a float mask is added to the scores; it broadcasts to [..., Tq, Tk] ([N, heads, Tq, Tk] for
 multi_head_attention). Note nn.MultiheadAttention's bool `attn_mask` means the opposite (True =
-blocked): pass `~mask` to it. `causal` lets query i see keys 0..i (top-left aligned, as in torch).
+blocked): pass `~mask` to it. `multi_head_attention`'s `causal` lets query i see keys 0..i (top-left
+aligned, as in torch); `attention`'s causal rule (aligned bottom-right for a KV cache), sliding
+`window` and grouped-query heads are documented on the op.
 
 FLOPs are 2 per multiply-add of the two score/value matmuls and the projections. FlopCounterMode on
 CPU counts attention only when torch runs SDPA's math kernel (it sees the fused CPU flash kernel,
@@ -63,12 +65,14 @@ def _either(x, y):
     return D.sub(D.add(x, y), D.mul(x, y))
 
 
-def _cpu_flash(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None, dropout: float):
+def _cpu_flash(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None, dropout: float,
+               gqa: bool = False):
     """1 where F.scaled_dot_product_attention runs torch's fused CPU (flash) kernel in training, else
     0, as a dim expression (the batch sizes may decide). Measured on torch 2.14's CPU dispatch:
     3-d q, k, v run as [1, B, T, d]; the kernel needs 4-d q, k, v of one batch size, k and v of one
     head count equal to q's or 1, one head dim, no dropout, and no mask or a bool one of rank 2 or 4
-    (any rank up to 3 for 3-d inputs); a float mask requires grad here, which the kernel refuses."""
+    (any rank up to 3 for 3-d inputs); a float mask requires grad here, which the kernel refuses.
+    Grouped-query heads (`enable_gqa=True`, k and v with H / g heads) run the fused kernel too."""
     if dropout or not (q.rank == k.rank == v.rank and q.rank in (3, 4)):
         return 0
     if mask is not None and (mask.dtype != "bool" or mask.rank not in ((1, 2, 3) if q.rank == 3 else (2, 4))):
@@ -76,11 +80,12 @@ def _cpu_flash(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | N
     q4, k4, v4 = ((1,) + t.shape if t.rank == 3 else t.shape for t in (q, k, v))
     sel = D.mul(_eq(q4[3], k4[3]), _eq(q4[3], v4[3]))  # one head dim
     sel = D.mul(sel, D.mul(_eq(q4[0], k4[0]), _eq(q4[0], v4[0])))  # one batch size
-    heads = D.mul(_eq(k4[1], v4[1]), _either(_eq(k4[1], q4[1]), _eq(k4[1], 1)))
+    heads = D.mul(_eq(k4[1], v4[1]), 1 if gqa else _either(_eq(k4[1], q4[1]), _eq(k4[1], 1)))
     return D.mul(sel, heads)
 
 
-def _sdpa_kept(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None, dropout: float) -> dict:
+def _sdpa_kept(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None, dropout: float,
+               gqa: bool = False) -> dict:
     """What SDPA keeps for backward: `flash` (1 where the fused kernel runs, `_cpu_flash`), bytes of
     tensors it makes (`extra`), where it keeps v itself (`v_kept`) and its output (`output`), all dim
     expressions; `Cost` fields are built from them.
@@ -90,8 +95,11 @@ def _sdpa_kept(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | N
     softmax weights [..., Tq, Tk] (with dropout also its mask and the dropped weights) and v, each
     as its batched matmul reads it: the operand broadcast to the result's batch dims B and flattened
     to one batch dim, which is a view where the operand's batch holds one element or all of B's,
-    and a copy of the full size otherwise."""
-    flash = _cpu_flash(q, k, v, mask, dropout)
+    and a copy of the full size otherwise. With grouped-query heads (`gqa`) the math kernel reads k
+    and v repeated to q's heads (copies; v's copy kept in place of v)."""
+    flash = _cpu_flash(q, k, v, mask, dropout, gqa)
+    if gqa:
+        k, v = (t.with_shape(t.shape[:-3] + (q.shape[-3],) + t.shape[-2:]) for t in (k, v))
     lse = TensorType(q.shape[:-1], "float64" if q.dtype == "float64" else "float32")
     converted = [TensorType(mask.shape, q.dtype)] if mask is not None else []
     fused = Cost.nbytes(lse, *converted)
@@ -110,11 +118,14 @@ def _sdpa_kept(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | N
     math_extra = D.add(D.add(operand(q), operand(k)), D.mul(3 if dropout else 1, Cost.nbytes(scores)))
     math_extra = D.add(math_extra, D.mul(mixed(v), Cost.nbytes(v.with_shape(lead + v.shape[-2:]))))
     math = D.sub(1, flash)
-    return {"flash": flash, "output": flash, "v_kept": D.sub(1, D.mul(math, mixed(v))),
+    if gqa:
+        math_extra = D.add(math_extra, Cost.nbytes(v))
+    v_kept = flash if gqa else D.sub(1, D.mul(math, mixed(v)))
+    return {"flash": flash, "output": flash, "v_kept": v_kept,
             "extra": D.add(D.mul(flash, fused), D.mul(math, math_extra)), "math_extra": math_extra}
 
 
-def _sdpa_call(q, k, v, mask, causal, dropout, scale=None) -> str:
+def _sdpa_call(q, k, v, mask, causal, dropout, scale=None, gqa=False) -> str:
     args = [q, k, v]
     if mask:
         args.append(f"attn_mask={mask}")
@@ -124,21 +135,67 @@ def _sdpa_call(q, k, v, mask, causal, dropout, scale=None) -> str:
         args.append("is_causal=True")
     if scale is not None:
         args.append(f"scale={scale!r}")
+    if gqa:
+        args.append("enable_gqa=True")
     return f"F.scaled_dot_product_attention({', '.join(args)})"
 
 
+CAUSAL_MASK_SNIPPET = '''
+def causal_mask(q, k, window=None):
+    """[Tq, Tk] bool, True where query i may see key j: the queries are the last Tq of the Tk
+    positions (a KV cache's new tokens; the first Tq when Tq > Tk), so query i is position
+    p = i + max(Tk - Tq, 0) and sees keys j <= p, and with a window only p - window < j <= p."""
+    tq, tk = q.shape[-2], k.shape[-2]
+    pos = torch.arange(tq, device=q.device).unsqueeze(-1) + max(tk - tq, 0)
+    key = torch.arange(tk, device=q.device)
+    allowed = key <= pos
+    if window is not None:
+        allowed = allowed & (key > pos - window)
+    return allowed
+'''
+
+
+def _mask_by_rule(q: TensorType, k: TensorType, causal: bool, window) -> bool:
+    """Whether `attention` builds its causal mask itself (see the op's docstring): with a window, and
+    with causal where Tq and Tk are not known to be equal (or Tq > Tk, where both rules agree) --
+    torch's is_causal is top-left aligned, which is the op's rule only where Tq >= Tk."""
+    if window is not None:
+        return True
+    if not causal:
+        return False
+    tq, tk = q.shape[-2], k.shape[-2]
+    if same_dim(tq, tk) or (isinstance(tq, int) and isinstance(tk, int) and tq >= tk):
+        return False
+    return True
+
+
+def _gqa(q: TensorType, k: TensorType) -> bool:
+    """Grouped-query heads: 4-d q [N, H, Tq, d] and k [N, Hkv, Tk, d] with 1 < Hkv < H."""
+    if q.rank != 4 or k.rank != 4:
+        return False
+    h, hkv = q.shape[1], k.shape[1]
+    return isinstance(h, int) and isinstance(hkv, int) and 1 < hkv < h
+
+
 def onnx_sdpa(b, q: str, k: str, v: str, rank: int, scale: float, causal: bool, mask: str | None,
-              mask_is_bool: bool) -> str:
-    """softmax(q k^T * scale [+ mask]) v over the last two axes, with no shape baked in."""
+              mask_is_bool: bool, bottom_right: bool = False, window: int | None = None) -> str:
+    """softmax(q k^T * scale [+ mask]) v over the last two axes, with no shape baked in. `causal`
+    masks keys after each query (top-left aligned; `bottom_right`: query i is position
+    i + max(Tk - Tq, 0)); `window` also masks keys at or before position - window."""
     perm = list(range(rank - 2)) + [rank - 1, rank - 2]
     scores = b.op("Mul", [b.op("MatMul", [q, b.op("Transpose", [k], perm=perm)]), b.scalar(scale)])
     lowest = b.scalar(LOWEST_F32)
     if causal:
         zero, one = b.scalar(0, "int64"), b.scalar(1, "int64")
-        rows = b.op("Range", [zero, b.op("Squeeze", [b.dim(q, rank - 2)]), one])
-        cols = b.op("Range", [zero, b.op("Squeeze", [b.dim(k, rank - 2)]), one])
-        allowed = b.op("GreaterOrEqual", [b.op("Unsqueeze", [rows, b.const([1])]),
-                                          b.op("Unsqueeze", [cols, b.const([0])])])
+        tq, tk = b.op("Squeeze", [b.dim(q, rank - 2)]), b.op("Squeeze", [b.dim(k, rank - 2)])
+        rows = b.op("Range", [zero, tq, one])
+        if bottom_right or window is not None:
+            rows = b.op("Add", [rows, b.op("Max", [b.op("Sub", [tk, tq]), zero])])
+        rows = b.op("Unsqueeze", [rows, b.const([1])])  # [Tq, 1]: each query's position
+        cols = b.op("Unsqueeze", [b.op("Range", [zero, tk, one]), b.const([0])])  # [1, Tk]
+        allowed = b.op("GreaterOrEqual", [rows, cols])
+        if window is not None:
+            allowed = b.op("And", [allowed, b.op("Less", [rows, b.op("Add", [cols, b.scalar(window, "int64")])])])
         scores = b.op("Where", [allowed, scores, lowest])
     if mask is not None:
         scores = b.op("Where", [mask, scores, lowest]) if mask_is_bool else b.op("Add", [scores, mask])
@@ -146,14 +203,27 @@ def onnx_sdpa(b, q: str, k: str, v: str, rank: int, scale: float, causal: bool, 
 
 
 class AttentionAttrs(Attrs):
-    causal: bool = Field(False, description="query i attends to keys 0..i only")
+    causal: bool = Field(False, description="query i attends to keys up to its own position only (the "
+                         "queries are the last Tq of the Tk positions: bottom-right aligned, for a KV cache)")
+    window: Optional[Size] = Field(None, description="sliding-window attention (needs causal): query at "
+                                   "position p sees keys j with p - window < j <= p (Mistral's convention)")
     scale: Optional[float] = Field(None, gt=0.0, description="score scale; null: 1/sqrt(d)")
     dropout: DropP = Field(0.0, description="dropout on the attention weights, in training")
 
 
 @register
 class Attention(Op):
-    """softmax(q k^T / sqrt(d) [+ mask]) v over q[..., Tq, d], k[..., Tk, d], v[..., Tk, dv] (F.scaled_dot_product_attention)."""
+    """softmax(q k^T / sqrt(d) [+ mask]) v over q[..., Tq, d], k[..., Tk, d], v[..., Tk, dv] (F.scaled_dot_product_attention).
+
+    Grouped-query attention: 4-d q [N, H, Tq, d] with k, v [N, Hkv, Tk, d] of fewer heads (H % Hkv == 0;
+    query head h reads kv head h // (H / Hkv)); torch passes enable_gqa=True, ONNX repeats the kv heads.
+    `causal`: query i is position i + max(Tk - Tq, 0) and sees keys at positions up to its own -- the
+    queries are the last Tq of Tk positions (bottom-right aligned: a KV cache's new tokens attend to
+    the whole cache), and where Tq > Tk the first (top-left, as torch's is_causal). Torch's fast path
+    is_causal=True is used where the two rules agree: Tq and Tk the same dim (the same symbol, or
+    equal sizes) or concrete with Tq > Tk; otherwise (and with a `window`) the generated code builds
+    the bool mask from aranges (`causal_mask`). `window` (needs causal) keeps keys p - window < j <= p.
+    """
 
     name = "attention"
     in_ports = (Port("q", "[..., Tq, d]"), Port("k", "[..., Tk, d]"), Port("v", "[..., Tk, dv]"),
@@ -165,6 +235,9 @@ class Attention(Op):
     fusion = "opaque"
     train_dependent = True  # attention dropout
     flop_counter_counts = False  # only under SDPBackend.MATH (see the module docstring)
+    torch_snippets = {"causal_mask": CAUSAL_MASK_SNIPPET}
+    # grouped-query heads, the cache's bottom-right causal rule and a window: the built-mask path
+    example = ({"q": ["N", 4, 5, 4], "k": ["N", 2, 6, 4], "v": ["N", 2, 6, 3]}, {"causal": True, "window": 3})
 
     def infer(self, a, ins):
         q, k, v = ins[:3]
@@ -179,15 +252,33 @@ class Attention(Op):
         expect(not (a.causal and len(ins) > 3), "both causal: true and a mask are given",
                "either causal or a mask (fold the causal pattern into the mask)")
         expect(0.0 <= a.dropout < 1.0, f"dropout={a.dropout}", "0 <= dropout < 1")
-        lead = broadcast([q.shape[:-2], k.shape[:-2], v.shape[:-2]])
+        expect(a.window is None or a.causal, f"window={a.window} without causal: true",
+               "causal: true with a sliding window (keys p - window < j <= p)")
+        if q.rank == 4 and k.rank == 4 and not same_dim(q.shape[1], k.shape[1]) and k.shape[1] != 1:
+            h, hkv = q.shape[1], k.shape[1]
+            expect(isinstance(h, int) and isinstance(hkv, int) and h % hkv == 0,
+                   f"q has {h} heads and k {hkv}",
+                   "k and v heads dividing q's heads (grouped-query attention: H % Hkv == 0)")
+            expect(same_dim(v.shape[1], hkv), f"k has {hkv} heads and v {v.shape[1]}",
+                   "k and v with the same number of heads")
+        lead = self._lead(q, k, v)
         if len(ins) > 3:
             _check_mask(ins[3], lead + (q.shape[-2], k.shape[-2]))
         return [TensorType(lead + (q.shape[-2], v.shape[-1]), q.dtype)]
 
+    @staticmethod
+    def _lead(q, k, v) -> tuple:
+        if _gqa(q, k):  # kv heads are repeated to q's before broadcasting
+            k, v = (t.with_shape(t.shape[:1] + (q.shape[1],) + t.shape[2:]) for t in (k, v))
+        return broadcast([q.shape[:-2], k.shape[:-2], v.shape[:-2]])
+
     def cost(self, a, ins, outs):
         q, k, v = ins[:3]
         flops = _sdpa_flops(D.prod(outs[0].shape[:-2]), q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1])
-        kept = _sdpa_kept(q, k, v, ins[3] if len(ins) > 3 else None, a.dropout)
+        mask = ins[3] if len(ins) > 3 else None
+        if _mask_by_rule(q, k, a.causal, a.window):  # the [Tq, Tk] bool mask the code builds
+            mask = TensorType((q.shape[-2], k.shape[-2]), "bool")
+        kept = _sdpa_kept(q, k, v, mask, a.dropout, _gqa(q, k))
         # backward: two matmuls per forward matmul (the fused kernel's are not counted: >= holds).
         # q and k are kept where the fused kernel runs, v there or where the math kernel's view is v.
         return Cost(flops=flops, bwd_flops=D.mul(2, flops),
@@ -195,15 +286,32 @@ class Attention(Op):
                     saved_outputs=((0, kept["output"]),), saved_extra=kept["extra"])
 
     def to_torch(self, a, ins, m, node):
+        q, k = node.in_types[0], node.in_types[1]
+        gqa = _gqa(q, k)
+        if _mask_by_rule(q, k, a.causal, a.window):
+            window = "" if a.window is None else f", window={a.window!r}"
+            mask = f"causal_mask({ins[0]}, {ins[1]}{window})"
+            return TorchCode(expr=_sdpa_call(*ins[:3], mask, False, a.dropout, a.scale, gqa), helpers=("causal_mask",))
         mask = ins[3] if len(ins) > 3 else None
-        return TorchCode(expr=_sdpa_call(*ins[:3], mask, a.causal, a.dropout, a.scale))
+        return TorchCode(expr=_sdpa_call(*ins[:3], mask, a.causal, a.dropout, a.scale, gqa))
 
     def to_onnx(self, a, ins, b, node):
-        q = b.in_type(0)
+        q, kt = b.in_type(0), b.in_type(1)
         scale = a.scale if a.scale is not None else 1.0 / math.sqrt(q.shape[-1])
         mask = ins[3] if len(ins) > 3 else None
         bool_mask = mask is not None and b.in_type(3).dtype == "bool"
-        return [onnx_sdpa(b, ins[0], ins[1], ins[2], q.rank, scale, a.causal, mask, bool_mask)]
+        k, v = ins[1], ins[2]
+        if _gqa(q, kt):  # [N, Hkv, T, d] -> [N, Hkv, g, T, d] -> [N, H, T, d]: kv head h // g for query head h
+            group = q.shape[1] // kt.shape[1]
+
+            def repeat(x):
+                shape = b.op("Concat", [b.dim(x, 0), b.const([q.shape[1]]), b.dim(x, 2), b.dim(x, 3)], axis=0)
+                wide = b.op("Expand", [b.op("Unsqueeze", [x, b.const([2])]), b.const([1, 1, group, 1, 1])])
+                return b.op("Reshape", [wide, shape])
+
+            k, v = repeat(k), repeat(v)
+        return [onnx_sdpa(b, ins[0], k, v, q.rank, scale, a.causal, mask, bool_mask,
+                          bottom_right=_mask_by_rule(q, kt, a.causal, a.window), window=a.window)]
 
 
 class MhaAttrs(Attrs):

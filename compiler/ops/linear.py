@@ -1,4 +1,4 @@
-"""Matrix-multiply ops: linear (nn.Linear), embedding (nn.Embedding), batched matmul and scale."""
+"""Matrix-multiply ops: linear (nn.Linear), masked_linear (MADE), embedding (nn.Embedding), batched matmul and scale."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -214,3 +214,115 @@ def onnx_scalar(b, value, dtype: str) -> str:
     if dtype in ("int64", "float32", "bool"):
         return b.scalar(value, dtype)
     return b.op("Cast", [b.scalar(value, "float32")], to=b.dtype())
+
+
+MASKED_LINEAR_SNIPPET = '''
+class MaskedLinear(nn.Linear):
+    """nn.Linear whose weight is multiplied by a MADE connectivity mask (Germain et al. 2015): data unit
+    k (of d, in the autoregressive order) has degree k + 1, or d - k reversed; hidden unit j has degree
+    j % (d - 1) + 1; a hidden unit sees inputs of degree <= its own, an output of degree k only inputs
+    of degree < k."""
+
+    def __init__(self, in_features, out_features, order, data_in=False, data_out=False, reverse=False,
+                 bias=True):
+        super().__init__(in_features, out_features, bias=bias)
+        # a constant: moved by .to() like a buffer, but neither a buffer nor in the state dict
+        self.mask = made_mask(in_features, out_features, order, data_in, data_out, reverse)
+
+    def _apply(self, fn, recurse=True):
+        self.mask = fn(self.mask)
+        return super()._apply(fn, recurse)
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def made_degrees(width, order, data, reverse):
+    k = torch.arange(width)
+    if data:
+        return order - k % order if reverse else k % order + 1
+    return k % max(order - 1, 1) + 1
+
+
+def made_mask(in_features, out_features, order, data_in, data_out, reverse):
+    d_in = made_degrees(in_features, order, data_in, reverse)
+    d_out = made_degrees(out_features, order, data_out, reverse)
+    keep = d_out[:, None] > d_in[None, :] if data_out else d_out[:, None] >= d_in[None, :]
+    return keep.float()
+'''
+
+
+def made_degrees(width: int, order: int, data: bool, reverse: bool) -> list[int]:
+    """MADE degrees of a layer's units: data units k -> k % order + 1 (order - k % order reversed), so
+    a width that is a multiple of `order` repeats the order; hidden units j -> j % (order - 1) + 1."""
+    if data:
+        return [order - k % order if reverse else k % order + 1 for k in range(width)]
+    return [k % max(order - 1, 1) + 1 for k in range(width)]
+
+
+def made_mask(cin: int, out: int, order: int, data_in: bool, data_out: bool, reverse: bool) -> list:
+    """[out, cin] 0/1 mask: a hidden output unit reads inputs of degree <= its own, a data output
+    unit (degree k) only those of degree < k, so output k depends on data units before k alone."""
+    d_in = made_degrees(cin, order, data_in, reverse)
+    d_out = made_degrees(out, order, data_out, reverse)
+    return [[1.0 if (o > i if data_out else o >= i) else 0.0 for i in d_in] for o in d_out]
+
+
+@register
+class MaskedLinear(Linear):
+    """linear whose weight is masked to an autoregressive order, MADE's masked layer (Germain et al.
+    2015, "MADE: Masked Autoencoder for Distribution Estimation"): with `order` d data units, data
+    unit k has degree k + 1 (d - k with `reverse`) and hidden unit j degree j % (d - 1) + 1; a hidden
+    unit reads inputs of degree <= its own, a data output of degree k only inputs of degree < k. Input
+    layer: data_in; output layer: data_out (a width that is a multiple of d repeats the order, for
+    several outputs per unit). The mask is a constant, not a parameter: a plain tensor in
+    torch (outside the state dict), an ONNX constant (Mul, then the matmul). Parameters, FLOPs: as linear's."""
+
+    name = "masked_linear"
+    torch_snippets = {"MaskedLinear": MASKED_LINEAR_SNIPPET}
+    example = ({"x": ["N", 4]}, {"out": 6, "order": 4, "data_in": True})
+
+    class Attrs(Attrs):
+        out: Size = Field(description="output features")
+        order: Size = Field(description="d: the number of data units of the autoregressive order")
+        data_in: bool = Field(False, description="the inputs are the d data units (the first layer)")
+        data_out: bool = Field(False, description="the outputs are data units (the last layer): strict order")
+        reverse: bool = Field(False, description="the order runs d..1 over the data units")
+        bias: bool = Field(True, description="learned additive bias")
+
+    def infer(self, a, ins):
+        (out,) = super().infer(a, ins)
+        cin = ins[0].shape[-1]
+        expect(not a.data_in or cin % a.order == 0, f"data_in with {cin} input features and order {a.order}",
+               "input features a multiple of order")
+        expect(not a.data_out or a.out % a.order == 0, f"data_out with out={a.out} and order {a.order}",
+               "out a multiple of order")
+        return [out]
+
+    def cost(self, a, ins, outs):
+        # linear's matmuls (the mask's Mul is elementwise: no FLOPs); autograd keeps x and the masked
+        # weight, a new tensor, for x's gradient
+        c = super().cost(a, ins, outs)
+        c.saved_extra = Cost.nbytes(TensorType((a.out, ins[0].shape[-1]), ins[0].dtype))
+        return c
+
+    def _mask(self, a, cin: int) -> list:
+        return made_mask(cin, a.out, a.order, a.data_in, a.data_out, a.reverse)
+
+    def to_torch(self, a, ins, m, node):
+        kw = {k: True for k in ("data_in", "data_out", "reverse") if getattr(a, k)}
+        if not a.bias:
+            kw["bias"] = False
+        init = f"MaskedLinear({fmt_args(node.in_types[0].shape[-1], a.out, a.order, **kw)})"
+        return TorchCode(expr=f"{m}({ins[0]})", init=init, helpers=("MaskedLinear",))
+
+    def to_onnx(self, a, ins, b, node):
+        mask = b.const(self._mask(a, b.in_type(0).shape[-1]), "float32")
+        if b.dtype() != 1:  # ONNX FLOAT
+            mask = b.op("Cast", [mask], to=b.dtype())
+        w = b.op("Mul", [b.param(node, "weight"), mask])
+        if b.out_type(0).rank == 2:
+            inputs = [ins[0], w] + ([b.param(node, "bias")] if a.bias else [])
+            return [b.op("Gemm", inputs, transB=1)]
+        y = b.op("MatMul", [ins[0], b.op("Transpose", [w], perm=[1, 0])])
+        return [b.op("Add", [y, b.param(node, "bias")]) if a.bias else y]

@@ -152,6 +152,11 @@ def eliminate_dead_code(program: Program, ctx: PassContext) -> PassResult:
     """Remove nodes no graph output depends on (nodes whose parameters others tie to are kept)."""
     ids = {n.id for n in program.all_nodes()}
     keep = {owner_of(t, ids) for n in program.all_nodes() for t in n.ties.values()}
+    # A scan in one entry graph whose step block is a block instance of the same id in another (the
+    # transformer's greedy loop over forward's target side) calls that instance's module: the
+    # instance keeps every node the loop's body has, read in its own graph or not.
+    keep |= {b.id for g in program.graphs.values() for n in g.nodes() if n.op == "scan" and n.body is not None
+             for b in n.body.nodes() if b.op != "input"}  # body node ids carry the scan's prefix
     removed = []
     for g in program.graphs.values():
         removed += _dce(g, keep)

@@ -3,7 +3,8 @@
 Rules, applied to each graph of the spec (the main `inputs/nodes/outputs` is graph `forward`,
 each entry of `graphs:` another):
   1. `${...}` expressions are evaluated with the names in scope: params, block args, repeat index `i`.
-  2. `when: false` drops a node.
+  2. `when: false` drops a node (or an input, or an entry graph); an output whose expression gives
+     null is dropped.
   3. `{op: ...}` becomes one node; its attributes are validated by the op's `Attrs` model.
   4. `{block: B, repeat: k}` inlines k instances of block B, chained (outputs of instance j feed
      instance j+1); node ids are `name.j.local` and each node records its block scope, so code
@@ -216,6 +217,11 @@ class Expander:
         for iname, ispec in inputs.items():
             ipath = base + ("inputs", iname)
             ctx = Ctx(ipath, "", (), [], dict(self.spec.params), env)
+            # `when:` on an input: a spec whose presets take different inputs (the transformer's
+            # encoder stack reads embeddings, the whole model token ids) drops the others
+            if ispec.when is not None and not self.ev(ispec.when, ipath + ("when",), ctx):
+                env[iname] = Dropped(self.loc(ipath + ("when",)))
+                continue
             try:
                 shape = tuple(self.ev(d, ipath + ("shape", j), ctx) for j, d in enumerate(ispec.shape))
                 for j, d in enumerate(shape):
@@ -244,10 +250,17 @@ class Expander:
         out_items = outputs.items() if isinstance(outputs, dict) else [(o, o) for o in outputs]
         for oname, ref in out_items:
             opath = base + ("outputs", oname) if isinstance(outputs, dict) else base + ("outputs",)
+            # an output whose expression gives null is not an output of this variant:
+            # `logits: "${'head' if decoder else None}"`
+            if type(ref) is str and "${" in ref and self.ev(ref, opath, ctx) is None:
+                continue
             try:
                 g.outputs[oname.replace(".", "_")] = self.resolve(ref, opath, ctx)
             except _Skip:
                 pass
+        if not g.outputs and not self.errors:
+            self.fail(f"graph '{name}' has no outputs for these params: every output's expression gives null",
+                      base + ("outputs",), ctx, expected="at least one output per variant")
         return g
 
     def nodes(self, g: Graph, nodes: dict, ctx: Ctx) -> None:
@@ -557,6 +570,9 @@ def expand(spec: LoadedSpec) -> dict[str, Graph]:
     try:
         graphs["forward"] = ex.graph("forward", m.inputs, m.nodes, m.outputs, ())
         for gname, gs in m.graphs.items():
+            path = ("graphs", gname, "when")
+            if gs.when is not None and not ex.ev(gs.when, path, Ctx(path, "", (), [], dict(spec.params), {})):
+                continue  # an entry graph only some variants have (the transformer's greedy decoder)
             graphs[gname] = ex.graph(gname, gs.inputs, gs.nodes, gs.outputs, ("graphs", gname))
     except _Stop:
         pass

@@ -68,6 +68,7 @@ class InputSpec(_Model):
     shape: list[Union[int, str]]
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
     range: Optional[list[Union[int, float, str]]] = None  # [low, high) of generated values (int inputs)
+    when: Optional[Union[bool, str]] = None  # false: not an input of this variant (presets with other inputs)
     doc: Optional[Text] = None
 
 
@@ -117,6 +118,7 @@ class GraphSpec(_Model):
     inputs: dict[ArgName, InputSpec]
     nodes: dict[AttrName, dict[str, Any]]
     outputs: Outputs
+    when: Optional[Union[bool, str]] = None  # false: this variant has no such entry graph
     doc: Optional[Text] = None
 
 

@@ -10,7 +10,7 @@ contrastive (in_batch_contrastive).
 """
 from __future__ import annotations
 
-from . import classification, contrastive, ctc, preference, regression, variational  # noqa: F401  (they register)
+from . import classification, contrastive, ctc, preference, rag, regression, variational  # noqa: F401  (they register)
 from .base import LOSSES, Loss, LossError, LossOptions, check_reads, make_loss
 
 __all__ = ["LOSSES", "Loss", "LossError", "LossOptions", "check_reads", "make_loss"]

@@ -52,6 +52,10 @@ class Loss:
     Options: ClassVar[type[LossOptions]] = LossOptions
     reads: ClassVar[tuple[str, ...]] = ()
     optional: ClassVar[tuple[str, ...]] = ()
+    # True for a loss that compares the model with where its run started (DPO's frozen reference):
+    # the trainer then keeps a frozen copy of the starting weights and adds its outputs to the
+    # loss's inputs as `reference_<output>`
+    reference: ClassVar[bool] = False
 
     def __init__(self, **options):
         try:

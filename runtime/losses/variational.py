@@ -44,11 +44,18 @@ class ELBO(Loss):
     Gaussian (recon = 0.5 * (x - r)^2 + 0.5 * log 2 pi per dimension). Reads `reconstruction`,
     `inputs` (batch, ...), `mu`, `logvar` (batch, latent). `sum` reduction multiplies by the batch
     size. Logs `recon`, `kl` (unclamped, batch mean) and `elbo` = -(recon + kl).
+
+    A learned prior (the autoregressive-flow prior of Chen et al. 2017, "Variational Lossy
+    Autoencoder"): given `z`, the posterior sample, and `prior_noise`, u = f(z) of a volume-preserving
+    flow f (mean-only autoregressive steps, log-determinant 0) with p(z) = N(u; 0, I), the KL is its
+    one-sample estimate log q(z|x) - log p(z), per dimension
+        KL_bj = 0.5 * (u_bj^2 - (z_bj - mu_bj)^2 / exp(logvar_bj) - logvar_bj).
     """
 
     name = "elbo"
     Options = ELBOOptions
     reads = ("reconstruction", "inputs", "mu", "logvar")
+    optional = ("z", "prior_noise")
 
     def compute(self, inputs):
         o = self.options
@@ -69,7 +76,17 @@ class ELBO(Loss):
         else:
             per = 0.5 * (x - r).square() + 0.5 * math.log(2 * math.pi)
         recon = per.reshape(batch, -1).sum(1).sum() / max(batch, 1)
-        kl_dim = gaussian_kl(mu, logvar).sum(0) / max(batch, 1)  # (latent,) batch-mean KL per dimension
+        if "prior_noise" in inputs:
+            if "z" not in inputs:
+                raise self.fail("a flow prior's `prior_noise` needs the posterior sample `z` too")
+            z, u = as_float(inputs["z"]), as_float(inputs["prior_noise"])
+            if z.shape != mu.shape or u.shape != mu.shape:
+                raise self.fail(f"expected z and prior_noise shaped like mu {tuple(mu.shape)}, got "
+                                f"{tuple(z.shape)} and {tuple(u.shape)}")
+            per_kl = 0.5 * (u.square() - (z - mu).square() * torch.exp(-logvar) - logvar)
+        else:
+            per_kl = gaussian_kl(mu, logvar)
+        kl_dim = per_kl.sum(0) / max(batch, 1)  # (latent,) batch-mean KL per dimension
         kl = kl_dim.sum()
         paid = torch.clamp(kl_dim, min=o.free_bits).sum() if o.free_bits else kl
         loss = recon + o.beta * paid

@@ -12,7 +12,7 @@ char_corpus (char-rnn), word_corpus (Zaremba et al.); ctc_spectrogram (CTC); seq
 (scikit-learn's bundled 8x8 digits, for the image classifiers); set_average (the sequence mean at
 every position, for the transformer encoder).
 """
-from . import clevr, images, ntm, pairs, pointer, sequences, signals, text  # noqa: F401  (registers the tasks)
+from . import clevr, images, induction, ntm, pairs, pointer, sequences, signals, text  # noqa: F401  (registers the tasks)
 from .base import MAX_BATCH, MAX_ELEMENTS, TASKS, Slot, Task, TaskError, TaskOptions, check_against, make_task, register
 
 __all__ = ["MAX_BATCH", "MAX_ELEMENTS", "TASKS", "Slot", "Task", "TaskError", "TaskOptions", "check_against",

@@ -31,6 +31,9 @@ class ClevrOptions(TaskOptions):
     image_size: int = Field(75, ge=24, le=256)
     object_size: int = Field(5, ge=2, le=16)
     relational: Literal["both", "relational", "non_relational"] = "both"
+    # state form: list each scene's objects in a random order (the colour one-hot still names
+    # them), so a model must find the object a question is about instead of reading a fixed slot
+    shuffle: bool = False
 
     @model_validator(mode="after")
     def _fits(self):
@@ -88,6 +91,9 @@ class SortOfClevr(Task):
         if o.form == "state":
             scene = np.concatenate([centres / o.image_size, circle[..., None],
                                     np.broadcast_to(np.eye(OBJECTS), (b, OBJECTS, OBJECTS))], axis=-1)
+            if o.shuffle:
+                order = np.argsort(rng.random((b, OBJECTS)), axis=1)
+                scene = np.take_along_axis(scene, order[..., None], axis=1)
         else:
             scene = self._render(centres, circle)
         return {o.form: scene.astype(np.float32), "question": question, "answer": answer, "centres": centres,

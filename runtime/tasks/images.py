@@ -64,6 +64,7 @@ class DigitsOptions(TaskOptions):
     resize: Literal["nearest", "bilinear"] = "bilinear"
     valid_fraction: float = Field(0.2, gt=0.0, le=0.5)
     normalise: bool = True  # standardise by the training split's pixel mean and std
+    binarise: bool = False  # pixels 1 where the resized value is >= 1/2, else 0 (not normalised)
 
 
 @register("digits")
@@ -74,7 +75,8 @@ class Digits(Task):
     with replacement from the training split (from step k's random stream); eval_batches walk the
     validation split in order, a last short batch included, so accuracy covers every image once.
     With `normalise`, pixels are (v / 16 - mean) / std, mean and std those of the resized training
-    images (one figure for all channels: they are the same grey)."""
+    images (one figure for all channels: they are the same grey). With `binarise`, pixels are 0 or 1
+    (v / 16 >= 1/2 after the resize), for Bernoulli likelihoods (the VAEs' binarised digits)."""
 
     Options = DigitsOptions
     metric = "accuracy"
@@ -89,7 +91,7 @@ class Digits(Task):
         self.examples = len(self.train_ids)
         self._images, self._labels = images, labels
         self._R = resize_matrix(options.image_size, options.resize)
-        self._mean, self._std = self._train_stats() if options.normalise else (0.0, 1.0)
+        self._mean, self._std = self._train_stats() if options.normalise and not options.binarise else (0.0, 1.0)
 
     def feeds(self):
         o = self.options
@@ -112,7 +114,10 @@ class Digits(Task):
     def images(self, ids: np.ndarray) -> np.ndarray:
         """f32[len(ids), channels, S, S]: images `ids` resized, normalised, channels repeated."""
         x = self._R @ self._images[ids].astype(np.float64) @ self._R.T  # R X R.T, image by image
-        x = ((x - self._mean) / self._std).astype(np.float32)[:, None]
+        if self.options.binarise:
+            x = (x >= 0.5).astype(np.float32)[:, None]
+        else:
+            x = ((x - self._mean) / self._std).astype(np.float32)[:, None]
         return np.ascontiguousarray(np.broadcast_to(x, (len(ids), self.options.channels) + x.shape[2:]))
 
     def _batch(self, ids: np.ndarray) -> dict[str, np.ndarray]:

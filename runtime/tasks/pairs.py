@@ -100,7 +100,10 @@ def _contains(passage: np.ndarray, span: np.ndarray) -> bool:
 
 @register("retrieval")
 class Retrieval(Task):
-    """`query` (N, query_len) and `passages` (N, K, passage_len); `target` the positive's index."""
+    """`query` (N, query_len) and `passages` (N, K, passage_len); `target` the positive's index;
+    `in_batch_target` the positive's index among all N * K passages of the batch (i * K + target),
+    for models that score every question against every passage in the batch (DPR's in-batch
+    negatives: the other questions' passages are negatives too)."""
 
     Options = RetrievalOptions
     metric = "recall_at_1"
@@ -113,7 +116,8 @@ class Retrieval(Task):
                 "passages": Slot("int64", ("N", o.passages, o.passage_len), high=o.vocab + 1)}
 
     def reads(self):
-        return {"target": Slot("int64", ("N",), high=self.options.passages)}
+        return {"target": Slot("int64", ("N",), high=self.options.passages),
+                "in_batch_target": Slot("int64", ("N",))}
 
     def make(self, rng, b):
         o = self.options
@@ -131,4 +135,5 @@ class Retrieval(Task):
                                         "or a longer query_len")
                     passages[i, k] = rng.integers(1, o.vocab + 1, size=o.passage_len)
         return {"query": query.astype(np.int64), "passages": passages.astype(np.int64),
-                "target": target.astype(np.int64)}
+                "target": target.astype(np.int64),
+                "in_batch_target": (np.arange(b) * o.passages + target).astype(np.int64)}

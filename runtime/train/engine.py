@@ -11,6 +11,7 @@ An engine holds the module(s) of this process and provides
 """
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import numpy as np
@@ -19,17 +20,28 @@ import torch
 
 class Objective:
     """The loss of a spec's outputs on a task's batch: `feeds` go to the model, and the loss reads
-    model outputs and batch arrays by name, through the train section's `loss.map`."""
+    model outputs and batch arrays by name, through the train section's `loss.map`. For a loss
+    with `reference` (DPO) it also holds the frozen reference, whose outputs the loss reads as
+    `reference_<output>`."""
 
     def __init__(self, loss, loss_map: Mapping[str, str], output_names: list[str], feeds: list[str]):
         self.loss = loss
         self.map = dict(loss_map)
         self.output_names = list(output_names)
         self.feeds = list(feeds)
+        self.reference = None
+
+    @property
+    def reference_names(self) -> list[str]:
+        return [f"reference_{n}" for n in self.output_names] if getattr(self.loss, "reference", False) else []
+
+    def freeze_reference(self, module) -> None:
+        """Keep a frozen copy of `module` as it is now (the run's starting weights) as the reference."""
+        self.reference = copy.deepcopy(module).eval().requires_grad_(False)
 
     def names_for_loss(self, batch_names) -> dict[str, str]:
         """{name the loss reads: name it is found under} for the reads available."""
-        have = set(self.output_names) | set(batch_names)
+        have = set(self.output_names) | set(self.reference_names) | set(batch_names)
         out = {}
         for read in (*self.loss.reads, *self.loss.optional):
             source = self.map.get(read, read)
@@ -38,10 +50,12 @@ class Objective:
         return out
 
     def outputs(self, module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        result = module(**{k: batch[k] for k in self.feeds})
-        if not isinstance(result, tuple):
-            result = (result,)
-        return dict(zip(self.output_names, result))
+        feeds = {k: batch[k] for k in self.feeds}
+        out = dict(zip(self.output_names, _as_tuple(module(**feeds))))
+        if self.reference is not None:
+            with torch.no_grad():
+                out.update(zip(self.reference_names, _as_tuple(self.reference(**feeds))))
+        return out
 
     def inputs(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> dict:
         both = {**batch, **outputs}
@@ -52,6 +66,10 @@ class Objective:
         inputs = self.inputs(outputs, batch)
         loss, metrics = self.loss(inputs)
         return loss, metrics, inputs
+
+
+def _as_tuple(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
 
 
 def to_tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

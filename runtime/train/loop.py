@@ -145,6 +145,14 @@ class Trainer:
         if engine is None:
             engine = LocalEngine(build_module(self.program, seed=cfg.seed), self.objective, microbatches)
         self.engine = engine
+        if self.objective.reference_names:
+            # DPO's reference is the model the run starts from, frozen: copied before any step (and
+            # before a resume loads a checkpoint, so a resumed run compares with the same start)
+            if not getattr(engine, "whole_model", True) or getattr(engine, "microbatches", 1) > 1:
+                raise SpecError(f"loss '{cfg.loss.name}' compares the whole model with a frozen reference on "
+                                "batches of paired rows, which pipeline stages and micro-batches split",
+                                expected="one process or data parallel, without --microbatches")
+            self.objective.freeze_reference(engine.state_module())
         self.progress = progress and self.world.main
         self.log = log
 

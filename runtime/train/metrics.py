@@ -111,6 +111,16 @@ def _bit_errors(inputs) -> tuple[float, int]:
     return float(wrong.sum()), int(wrong.shape[0])
 
 
+def _preference(inputs) -> tuple[float, int]:
+    """Pairs (chosen rows, then their rejected rows) whose DPO implicit reward favours the chosen:
+    log pi(chosen) - log ref(chosen) > log pi(rejected) - log ref(rejected)."""
+    from nnspec.runtime.losses.preference import sequence_logps
+    args = inputs["targets"], inputs["response_mask"]
+    ratio = sequence_logps(inputs["logits"], *args) - sequence_logps(inputs["reference_logits"], *args)
+    n = ratio.shape[0] // 2
+    return float((ratio[:n] > ratio[n:2 * n]).sum()), n
+
+
 METRICS: dict[str, Metric] = {
     "bits_per_char": Metric(("logits", "targets"), _token_ce, lambda m: m / LN2, "lower"),
     "perplexity": Metric(("logits", "targets"), _token_ce, lambda m: math.exp(min(m, 700.0)), "lower"),
@@ -121,6 +131,7 @@ METRICS: dict[str, Metric] = {
     "label_error_rate": Metric(("logits", "targets", "input_lengths", "target_lengths"), _label_errors,
                                better="lower"),
     "bit_errors_per_sequence": Metric(("logits", "targets"), _bit_errors, better="lower"),
+    "preference_accuracy": Metric(("logits", "reference_logits", "targets", "response_mask"), _preference),
 }
 
 

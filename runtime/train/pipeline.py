@@ -151,6 +151,8 @@ class StageModule(nn.Module):
 class PipelineEngine:
     """This rank's stage of a pipeline run (see the module docstring)."""
 
+    whole_model = False  # each rank holds one stage
+
     def __init__(self, program, world: World, microbatches: int, schedule: str, seed: int):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 

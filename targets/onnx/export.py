@@ -59,7 +59,7 @@ def model_file(gname: str) -> str:
 
 
 def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bool = False,
-                 weights: dict | None = None) -> dict:
+                 weights: dict | None = None, meta: bool = False) -> dict:
     """Write `model.onnx` (+ `<graph>.onnx` per extra entry graph) into `out_dir`.
 
     Returns {role: path} of every file written, all plain strings: "model" (model.onnx), one key per
@@ -71,6 +71,8 @@ def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bo
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if meta and weights is None and weights_path is None:
+        return compile_meta(program, out, for_trt)
     if weights is None and weights_path is not None:
         weights = load_weights(weights_path)
         check_weights(program, weights, f"weights in '{weights_path}'")
@@ -90,6 +92,92 @@ def compile_onnx(program, out_dir, weights_path=None, seed: int = 0, for_trt: bo
         write_checked(model, path, program, gname)
         result["model" if gname == "forward" else gname] = str(path)
     return result
+
+
+def meta_weights(program) -> dict:
+    """{state-dict key: array} of the program's parameters and buffers, each a read-only zero-stride
+    view of one zero (np.broadcast_to): the right shapes, dtypes and nbytes, no memory. The ONNX
+    builder only reads their shapes to write external-data references; nothing reads their values."""
+    import numpy as np
+
+    from nnspec.targets.weights import expected_state, tied_state
+
+    tied = tied_state(program)
+    return {k: np.broadcast_to(np.zeros((), dtype=_np_dtype(dtype)), shape)
+            for k, (shape, dtype) in expected_state(program).items() if k not in tied}
+
+
+def _np_dtype(dtype: str):
+    import numpy as np
+
+    return np.dtype("bool" if dtype == "bool" else dtype)
+
+
+def weights_layout(arrays: dict) -> dict:
+    """{key: (absolute offset, length)} of every tensor in the file `save_weights(arrays)` would write,
+    computed from shapes and dtypes alone (nothing is serialised but a one-element stand-in per tensor).
+
+    safetensors orders tensors by dtype, then name, and pads its JSON header to 8 bytes; the order is
+    read back from the library itself on one-element stand-ins, so only the header text (compact JSON,
+    as the library writes it) is rebuilt here. tests/test_meta.py holds it to the library's real file."""
+    import numpy as np
+
+    tiny = {k: np.zeros((1,), dtype=v.dtype) for k, v in arrays.items()}
+    order = sorted(safetensors_offsets(save_weights(tiny)).items(), key=lambda kv: kv[1][0])
+    entries, offset = [], 0
+    for key, _ in order:
+        arr = arrays[key]
+        n = int(arr.nbytes)
+        entries.append((key, {"dtype": _ST_DTYPES[np.dtype(arr.dtype).str.lstrip("<>|=")],
+                              "shape": [int(d) for d in arr.shape], "data_offsets": [offset, offset + n]}))
+        offset += n
+    header = json.dumps({"__metadata__": {"format": "nnspec"}, **dict(entries)}, separators=(",", ":"))
+    size = len(header.encode())
+    size += (8 - size % 8) % 8
+    return {k: (8 + size + e["data_offsets"][0], e["data_offsets"][1] - e["data_offsets"][0]) for k, e in entries}
+
+
+_ST_DTYPES = {"f4": "F32", "f8": "F64", "f2": "F16", "i8": "I64", "i4": "I32", "i2": "I16", "i1": "I8",
+              "u1": "U8", "b1": "BOOL", "u2": "U16", "u4": "U32", "u8": "U64"}
+
+
+def compile_meta(program, out: Path, for_trt: bool = False) -> dict:
+    """The model files of a program without weights (`--meta`): every weight initializer is an
+    external-data reference into `weights.safetensors` laid out as `save_weights` (and so
+    `nnspec import-weights`) writes the spec's state dict, but that file is not written: the graph
+    is complete and passes the checker, and runs once the weights file is put beside it."""
+
+    arrays = meta_weights(program)
+    stored = {k: (WEIGHTS, off, n) for k, (off, n) in weights_layout(arrays).items()}
+    end = max((off + n for _, off, n in stored.values()), default=0)
+    result = {}
+    for gname in program.graphs:
+        if gname in ("model", "weights"):
+            raise LoweringError(f"entry graph name '{gname}' clashes with an ONNX artifact name",
+                                expected="a graph name other than 'model' and 'weights'")
+        model = to_onnx_model(program, arrays, 0, for_trt, gname, checked=False, stored=stored)
+        path = out / model_file(gname)
+        blob = model.SerializeToString(deterministic=True)
+        _check_meta(model, blob, program, gname, end)
+        atomic_write(path, blob)
+        result["model" if gname == "forward" else gname] = str(path)
+    return result
+
+
+def _check_meta(model, blob: bytes, program, gname: str, size: int) -> None:
+    """The full checker on the graph file as written, beside a sparse stand-in for the weights file
+    of the size the references need (the checker wants a regular file there; a sparse one takes no
+    disk and is never read); strict shape inference on the in-memory model (no payload)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nnspec-meta-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with open(path, "wb") as f:
+            f.write(blob)
+        with open(os.path.join(tmp, WEIGHTS), "wb") as f:
+            f.truncate(size)
+        check(model, program, gname, path=path, infer_in_memory=True)
 
 
 def write_checked(model, path, program=None, gname: str = "forward") -> None:
@@ -125,5 +213,5 @@ def _tensor_bytes(model) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-__all__ = ["to_onnx_model", "to_onnx_models", "compile_onnx", "write_checked", "write_model", "torch_weights", "load_weights",
+__all__ = ["meta_weights", "weights_layout", "compile_meta", "to_onnx_model", "to_onnx_models", "compile_onnx", "write_checked", "write_model", "torch_weights", "load_weights",
            "PROTOBUF_LIMIT"]

@@ -30,8 +30,10 @@ def can_run() -> str | None:
 def write_onnx(program, folder: Path, job: CompileJob, for_trt: bool) -> None:
     """model.onnx (+ `<graph>.onnx`, weights) into `folder`, and the manifest's `onnx` section."""
     # Through the module attribute, so a test's replacement of export.compile_onnx is what runs.
-    export.compile_onnx(program, folder, seed=job.seed, for_trt=for_trt, weights=job.arrays)
-    job.manifest["onnx"] = {"file": "model.onnx", "opset": OPSET, "for_tensorrt": for_trt}
+    meta = bool(job.options.get("meta")) and job.arrays is None
+    export.compile_onnx(program, folder, seed=job.seed, for_trt=for_trt, weights=job.arrays, meta=meta)
+    job.manifest["onnx"] = {"file": "model.onnx", "opset": OPSET, "for_tensorrt": for_trt,
+                            **({"external_data": export.WEIGHTS, "external_data_written": False} if meta else {})}
 
 
 def compile_artifact(program, folder: Path, job: CompileJob) -> None:

@@ -283,10 +283,14 @@ class Codegen:
         attr = ident(parts[-1])
         if sc.kind != "list" and attr in self.shared_outputs.get(id(init), {}):
             return self.shared_call(g, inst, attr, init, nodes, key, lines, names, used)
+        if sc.kind == "list" and f"{ident(parts[-2])}[{parts[-1]}]" in self.shared_outputs.get(id(init), {}):
+            # a repeat's instance an earlier entry graph holds (the same id): call its module
+            return self.shared_call(g, inst, f"{ident(parts[-2])}[{parts[-1]}]", init, nodes, key, lines, names, used)
         uid = self.instance_unit(g, key, depth, nodes).uid
         if sc.kind == "list":  # one of a repeat's instances, called on its own
             attr = ident(parts[-2])
             init.setdefault(attr, ("nn.ModuleList", []))[1].append(uid)
+            self.shared_outputs.setdefault(id(init), {})[f"{attr}[{parts[-1]}]"] = list(inst.out_names)
             target, base, calls = f"self.{attr}[{parts[-1]}]", f"{parts[-2]}_{parts[-1]}", ""
         else:
             init[attr] = [Line((Child(uid),), f"self.{attr}", attr=attr)]
@@ -309,8 +313,10 @@ class Codegen:
         refs = [inst.out_refs[inst.out_names.index(o)] if o in inst.out_names else (f"{key}.<unused>", i)
                 for i, o in enumerate(have)]
         note = Note(tuple(_type(g, r) for r in inst.out_refs), self.where(_frame_loc(nodes, key)))
-        self.bind(refs, have, ident(key.split(".")[-1]),
-                  f"self.{attr}({', '.join(names[r] for r in inst.in_refs)})", lines, names, used, note, attr)
+        parts = key.split(".")
+        base = f"{parts[-2]}_{parts[-1]}" if parts[-1].isdigit() else parts[-1]  # encoder.0 -> encoder_0
+        self.bind(refs, have, ident(base), f"self.{attr}({', '.join(names[r] for r in inst.in_refs)})",
+                  lines, names, used, note, "" if "[" in attr else attr)
 
     def bind(self, refs, out_names, base, expr, lines, names, used, note, attr=""):
         """`var = expr` (or `a, b = expr`) into `lines`; `attr`: the submodule the line calls."""
@@ -448,7 +454,11 @@ class Codegen:
             self._returns[(id(g), gname)] = list(g.outputs.values())
             entries.append((gname, g, g.topo(), args))
         lines, methods = self.body(entries, 0)
+        tied_once = set()  # a node two entry graphs share is in both: its ties are set once
         for n in p.all_nodes():
+            if n.id in tied_once:
+                continue
+            tied_once.add(n.id)
             for pname, target in sorted(n.ties.items()):
                 tid, _, tp = target.rpartition(".")
                 lines.append(Line(lex(f"self.{modpath(n.id)}.{pname} = self.{modpath(tid)}.{tp}"), note="tied"))

@@ -37,6 +37,8 @@ def compile_artifact(program, folder: Path, job: CompileJob) -> None:
         job.manifest["torch"]["stages"] = "STAGES"
     # The checked arrays (or the IR's initial weights for the seed: what onnx and TensorRT get too) are
     # written anew, with tied entries filled in so that a strict `load_state_dict` of the file works.
+    if job.options.get("meta") and job.arrays is None:
+        return  # --meta: model.py alone (the manifest's `weights` says so)
     arrays = job.arrays if job.arrays is not None else initial_weights(program, job.seed)
     atomic_write(folder / "weights.safetensors", save_weights(complete_tied(program, arrays)))
 

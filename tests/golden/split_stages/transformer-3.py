@@ -53,17 +53,17 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(32)
 
     def forward(self, x):
-        self_attn = self.self_attn(x)  # f32[N,T,32]  transformer.yaml:38
-        dropout1 = self.dropout1(self_attn)  # f32[N,T,32]  transformer.yaml:39
-        add1 = x + dropout1  # f32[N,T,32]  transformer.yaml:40
-        norm1 = self.norm1(add1)  # f32[N,T,32]  transformer.yaml:41
-        linear1 = self.linear1(norm1)  # f32[N,T,128]  transformer.yaml:42
-        relu = torch.relu(linear1)  # f32[N,T,128]  transformer.yaml:43
-        dropout = self.dropout(relu)  # f32[N,T,128]  transformer.yaml:44
-        linear2 = self.linear2(dropout)  # f32[N,T,32]  transformer.yaml:45
-        dropout2 = self.dropout2(linear2)  # f32[N,T,32]  transformer.yaml:46
-        add2 = norm1 + dropout2  # f32[N,T,32]  transformer.yaml:47
-        norm2 = self.norm2(add2)  # f32[N,T,32]  transformer.yaml:48
+        self_attn = self.self_attn(x)  # f32[N,T,32]  transformer.yaml:59
+        dropout1 = self.dropout1(self_attn)  # f32[N,T,32]  transformer.yaml:60
+        add1 = x + dropout1  # f32[N,T,32]  transformer.yaml:61
+        norm1 = self.norm1(add1)  # f32[N,T,32]  transformer.yaml:62
+        linear1 = self.linear1(norm1)  # f32[N,T,128]  transformer.yaml:63
+        relu = torch.relu(linear1)  # f32[N,T,128]  transformer.yaml:64
+        dropout = self.dropout(relu)  # f32[N,T,128]  transformer.yaml:65
+        linear2 = self.linear2(dropout)  # f32[N,T,32]  transformer.yaml:66
+        dropout2 = self.dropout2(linear2)  # f32[N,T,32]  transformer.yaml:67
+        add2 = norm1 + dropout2  # f32[N,T,32]  transformer.yaml:68
+        norm2 = self.norm2(add2)  # f32[N,T,32]  transformer.yaml:69
         return norm2
 
 
@@ -75,7 +75,7 @@ class Transformer(nn.Module):
         self.layers = nn.Sequential(EncoderLayer(), EncoderLayer())
 
     def forward(self, x):
-        layers = self.layers(x)  # f32[N,T,32]  transformer.yaml:52
+        layers = self.layers(x)  # f32[N,T,32]  transformer.yaml:133
         return layers
 
 
@@ -97,11 +97,11 @@ class TransformerStage0(nn.Module):
         self.layers["0"].linear1 = nn.Linear(32, 128)
 
     def forward(self, x):
-        self_attn = self.layers["0"].self_attn(x)  # f32[N,T,32]  transformer.yaml:38
-        dropout1 = self.layers["0"].dropout1(self_attn)  # f32[N,T,32]  transformer.yaml:39
-        add1 = x + dropout1  # f32[N,T,32]  transformer.yaml:40
-        norm1 = self.layers["0"].norm1(add1)  # f32[N,T,32]  transformer.yaml:41
-        linear1 = self.layers["0"].linear1(norm1)  # f32[N,T,128]  transformer.yaml:42
+        self_attn = self.layers["0"].self_attn(x)  # f32[N,T,32]  transformer.yaml:59
+        dropout1 = self.layers["0"].dropout1(self_attn)  # f32[N,T,32]  transformer.yaml:60
+        add1 = x + dropout1  # f32[N,T,32]  transformer.yaml:61
+        norm1 = self.layers["0"].norm1(add1)  # f32[N,T,32]  transformer.yaml:62
+        linear1 = self.layers["0"].linear1(norm1)  # f32[N,T,128]  transformer.yaml:63
         return {'layers_0_norm1': norm1, 'layers_0_linear1': linear1}
 
 
@@ -129,15 +129,15 @@ class TransformerStage1(nn.Module):
         self.layers["1"].dropout1 = nn.Dropout(0.0)
 
     def forward(self, layers_0_norm1, layers_0_linear1):
-        relu = torch.relu(layers_0_linear1)  # f32[N,T,128]  transformer.yaml:43
-        dropout = self.layers["0"].dropout(relu)  # f32[N,T,128]  transformer.yaml:44
-        linear2 = self.layers["0"].linear2(dropout)  # f32[N,T,32]  transformer.yaml:45
-        dropout2 = self.layers["0"].dropout2(linear2)  # f32[N,T,32]  transformer.yaml:46
-        add2 = layers_0_norm1 + dropout2  # f32[N,T,32]  transformer.yaml:47
-        norm2 = self.layers["0"].norm2(add2)  # f32[N,T,32]  transformer.yaml:48
-        self_attn = self.layers["1"].self_attn(norm2)  # f32[N,T,32]  transformer.yaml:38
-        dropout1 = self.layers["1"].dropout1(self_attn)  # f32[N,T,32]  transformer.yaml:39
-        add1 = norm2 + dropout1  # f32[N,T,32]  transformer.yaml:40
+        relu = torch.relu(layers_0_linear1)  # f32[N,T,128]  transformer.yaml:64
+        dropout = self.layers["0"].dropout(relu)  # f32[N,T,128]  transformer.yaml:65
+        linear2 = self.layers["0"].linear2(dropout)  # f32[N,T,32]  transformer.yaml:66
+        dropout2 = self.layers["0"].dropout2(linear2)  # f32[N,T,32]  transformer.yaml:67
+        add2 = layers_0_norm1 + dropout2  # f32[N,T,32]  transformer.yaml:68
+        norm2 = self.layers["0"].norm2(add2)  # f32[N,T,32]  transformer.yaml:69
+        self_attn = self.layers["1"].self_attn(norm2)  # f32[N,T,32]  transformer.yaml:59
+        dropout1 = self.layers["1"].dropout1(self_attn)  # f32[N,T,32]  transformer.yaml:60
+        add1 = norm2 + dropout1  # f32[N,T,32]  transformer.yaml:61
         return {'layers_1_add1': add1}
 
 
@@ -164,14 +164,14 @@ class TransformerStage2(nn.Module):
         self.layers["1"].norm2 = nn.LayerNorm(32)
 
     def forward(self, layers_1_add1):
-        norm1 = self.layers["1"].norm1(layers_1_add1)  # f32[N,T,32]  transformer.yaml:41
-        linear1 = self.layers["1"].linear1(norm1)  # f32[N,T,128]  transformer.yaml:42
-        relu = torch.relu(linear1)  # f32[N,T,128]  transformer.yaml:43
-        dropout = self.layers["1"].dropout(relu)  # f32[N,T,128]  transformer.yaml:44
-        linear2 = self.layers["1"].linear2(dropout)  # f32[N,T,32]  transformer.yaml:45
-        dropout2 = self.layers["1"].dropout2(linear2)  # f32[N,T,32]  transformer.yaml:46
-        add2 = norm1 + dropout2  # f32[N,T,32]  transformer.yaml:47
-        norm2 = self.layers["1"].norm2(add2)  # f32[N,T,32]  transformer.yaml:48
+        norm1 = self.layers["1"].norm1(layers_1_add1)  # f32[N,T,32]  transformer.yaml:62
+        linear1 = self.layers["1"].linear1(norm1)  # f32[N,T,128]  transformer.yaml:63
+        relu = torch.relu(linear1)  # f32[N,T,128]  transformer.yaml:64
+        dropout = self.layers["1"].dropout(relu)  # f32[N,T,128]  transformer.yaml:65
+        linear2 = self.layers["1"].linear2(dropout)  # f32[N,T,32]  transformer.yaml:66
+        dropout2 = self.layers["1"].dropout2(linear2)  # f32[N,T,32]  transformer.yaml:67
+        add2 = norm1 + dropout2  # f32[N,T,32]  transformer.yaml:68
+        norm2 = self.layers["1"].norm2(add2)  # f32[N,T,32]  transformer.yaml:69
         return norm2
 
 

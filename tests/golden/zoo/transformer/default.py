@@ -53,17 +53,17 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(512)
 
     def forward(self, x):
-        self_attn = self.self_attn(x)  # f32[N,T,512]  transformer.yaml:38
-        dropout1 = self.dropout1(self_attn)  # f32[N,T,512]  transformer.yaml:39
-        add1 = x + dropout1  # f32[N,T,512]  transformer.yaml:40
-        norm1 = self.norm1(add1)  # f32[N,T,512]  transformer.yaml:41
-        linear1 = self.linear1(norm1)  # f32[N,T,2048]  transformer.yaml:42
-        relu = torch.relu(linear1)  # f32[N,T,2048]  transformer.yaml:43
-        dropout = self.dropout(relu)  # f32[N,T,2048]  transformer.yaml:44
-        linear2 = self.linear2(dropout)  # f32[N,T,512]  transformer.yaml:45
-        dropout2 = self.dropout2(linear2)  # f32[N,T,512]  transformer.yaml:46
-        add2 = norm1 + dropout2  # f32[N,T,512]  transformer.yaml:47
-        norm2 = self.norm2(add2)  # f32[N,T,512]  transformer.yaml:48
+        self_attn = self.self_attn(x)  # f32[N,T,512]  transformer.yaml:59
+        dropout1 = self.dropout1(self_attn)  # f32[N,T,512]  transformer.yaml:60
+        add1 = x + dropout1  # f32[N,T,512]  transformer.yaml:61
+        norm1 = self.norm1(add1)  # f32[N,T,512]  transformer.yaml:62
+        linear1 = self.linear1(norm1)  # f32[N,T,2048]  transformer.yaml:63
+        relu = torch.relu(linear1)  # f32[N,T,2048]  transformer.yaml:64
+        dropout = self.dropout(relu)  # f32[N,T,2048]  transformer.yaml:65
+        linear2 = self.linear2(dropout)  # f32[N,T,512]  transformer.yaml:66
+        dropout2 = self.dropout2(linear2)  # f32[N,T,512]  transformer.yaml:67
+        add2 = norm1 + dropout2  # f32[N,T,512]  transformer.yaml:68
+        norm2 = self.norm2(add2)  # f32[N,T,512]  transformer.yaml:69
         return norm2
 
 
@@ -75,5 +75,5 @@ class Transformer(nn.Module):
         self.layers = nn.Sequential(*[EncoderLayer() for _ in range(6)])
 
     def forward(self, x):
-        layers = self.layers(x)  # f32[N,T,512]  transformer.yaml:52
+        layers = self.layers(x)  # f32[N,T,512]  transformer.yaml:133
         return layers
