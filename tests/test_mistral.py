@@ -134,3 +134,10 @@ def test_dpo_reference_is_the_starting_model(tmp_path):
     train, _ = dpo_run(tmp_path, 1)
     assert train[0]["step"] == 1
     assert abs(train[0]["margin"]) < 1e-6 and abs(train[0]["chosen_reward"]) < 1e-6
+
+
+def test_dpo_refuses_micro_batches_that_would_split_the_pairs(tmp_path, capsys):
+    rc = nnspec(["train", "mistral", "--preset", "tiny", "--steps", "1", "--microbatches", "2", "--no-progress",
+                 "--out", str(tmp_path / "mb")])
+    assert rc == 1
+    assert "frozen reference" in capsys.readouterr().err
