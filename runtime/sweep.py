@@ -31,10 +31,8 @@ import io
 import itertools
 import json
 import math
-import struct
 import sys
 import time
-import zlib
 from pathlib import Path
 
 MAX_POINTS = 64
@@ -129,67 +127,6 @@ def fit_power_law(n, loss) -> dict:
             "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0, "points": len(x)}
 
 
-# -- a plot without matplotlib -------------------------------------------------------------------------
-# log-log axes, the measured points as squares, the fitted line; written as an 8-bit RGB PNG.
-
-def _png(width: int, height: int, rgb: bytearray) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    rows = b"".join(b"\x00" + bytes(rgb[y * width * 3:(y + 1) * width * 3]) for y in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
-
-
-def plot_png(n, loss, fit: dict | None, width: int = 480, height: int = 360) -> bytes:
-    img = bytearray(b"\xff" * (width * height * 3))
-    margin = 40
-
-    def put(x, y, color):
-        if 0 <= x < width and 0 <= y < height:
-            i = (y * width + x) * 3
-            img[i:i + 3] = bytes(color)
-
-    lx = [math.log(v) for v in n]
-    ly = [math.log(v) for v in loss]
-    x0, x1 = min(lx), max(lx)
-    y0, y1 = min(ly), max(ly)
-    padx = (x1 - x0) * 0.1 or 0.5
-    pady = (y1 - y0) * 0.1 or 0.1
-    x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
-
-    def px(v):
-        return int(margin + (v - x0) / (x1 - x0) * (width - 2 * margin))
-
-    def py(v):
-        return int(height - margin - (v - y0) / (y1 - y0) * (height - 2 * margin))
-
-    black, blue, red, grey = (0, 0, 0), (31, 119, 180), (214, 39, 40), (200, 200, 200)
-    for d in range(math.floor(x0 / math.log(10)), math.ceil(x1 / math.log(10)) + 1):  # decades of N
-        gx = px(d * math.log(10))
-        if margin <= gx <= width - margin:
-            for y in range(margin, height - margin):
-                put(gx, y, grey)
-    for x in range(margin, width - margin + 1):
-        put(x, height - margin, black)
-    for y in range(margin, height - margin + 1):
-        put(margin, y, black)
-    if fit is not None:
-        a, b = fit["log_intercept"], -fit["alpha_N"]
-        for x in range(margin, width - margin):
-            v = x0 + (x - margin) / (width - 2 * margin) * (x1 - x0)
-            yv = py(a + b * v)
-            for t in (-1, 0, 1):
-                if margin <= yv + t <= height - margin:  # clipped to the axes
-                    put(x, yv + t, red)
-    for u, v in zip(lx, ly):
-        cx, cy = px(u), py(v)
-        for dx in range(-3, 4):
-            for dy in range(-3, 4):
-                put(cx + dx, cy + dy, blue)
-    return _png(width, height, img)
-
-
 # -- the command --------------------------------------------------------------------------------------
 
 def add_parser(sub, train_main) -> None:
@@ -214,12 +151,14 @@ def add_parser(sub, train_main) -> None:
 
 
 def cmd_sweep(args) -> int:
+    from nnspec.compiler import load
+    from nnspec.compiler.spec.load import parse_overrides
+    from nnspec.runtime.plot import loglog_png
+    from nnspec.targets.files import staged_folder
+
     # every point is `nnspec train` through the CLI's own entry point (its parsing and error
     # reports), handed over by the CLI so that this module imports nothing from the module that imports it
     nnspec = args.train_main
-    from nnspec.compiler import load
-    from nnspec.compiler.spec.load import parse_overrides
-    from nnspec.targets.files import staged_folder
 
     axes, fixed = parse_grid(args.overrides)
     points = grid_points(axes)
@@ -275,7 +214,7 @@ def cmd_sweep(args) -> int:
                    "fit": fit}
         (tmp / "fit.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         (tmp / "loss_vs_params.png").write_bytes(
-            plot_png([r["N"] for r in rows], [r["loss"] for r in rows], None if "error" in fit else fit))
+            loglog_png([r["N"] for r in rows], [r["loss"] for r in rows], None if "error" in fit else fit))
     if "error" in fit:
         print(f"{args.out}: {len(rows)} points; no fit: {fit['error']}")
     else:

@@ -44,6 +44,7 @@ NO_TRAIN_SECTION = {
     # the generated module on the task's graphs converted to edge lists)
     "mpnn": "graph_properties has no edge-list layout yet",
     # tests/test_rag.py takes one step of both marginal losses on the tiny preset's generated batch
+    "coffee_automaton": "no weights: its signature is a mixing run (tests/test_coffee_automaton.py)",
     "rag": "no retrieval-augmented generation task yet; rag_sequence / rag_token are steps in tests/test_rag.py",
 }
 
