@@ -141,3 +141,40 @@ def test_dpo_refuses_micro_batches_that_would_split_the_pairs(tmp_path, capsys):
                  "--out", str(tmp_path / "mb")])
     assert rc == 1
     assert "frozen reference" in capsys.readouterr().err
+
+
+def test_dpo_from_a_weights_file_starts_there_and_keeps_it_as_reference(tmp_path, capsys):
+    """`--weights` (Zephyr's order: DPO from a fine-tuned model): the policy starts from the file
+    and the frozen reference is the file, so the first step's implicit rewards are zero, one step
+    stays next to the file's weights, and a resume must give the same file."""
+    from safetensors.numpy import load_file
+
+    _, _ = dpo_run(tmp_path / "a", 30)
+    start = tmp_path / "a" / "run" / "checkpoints" / "step-000000030" / "weights.safetensors"
+    out = tmp_path / "b"
+    args = ["train", "mistral", "--preset", "tiny", "--no-progress", "--set", "train.log_every=1", "--out", str(out)]
+    assert nnspec([*args, "--steps", "1", "--weights", str(start)]) == 0
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and abs(first["margin"]) < 1e-6 and abs(first["chosen_reward"]) < 1e-6
+    a, b = load_file(str(start)), load_file(str(out / "checkpoints" / "step-000000001" / "weights.safetensors"))
+    init = {k: v.detach().numpy() for k, v in build_module(c.load("mistral", "tiny"), seed=0).state_dict().items()}
+    moved = sum(float(np.abs(b[k] - a[k]).sum()) for k in a)
+    trained = sum(float(np.abs(a[k] - init[k]).sum()) for k in a)
+    assert moved < 0.1 * trained, (moved, trained)
+    record = json.loads((out / "run.json").read_text())["initial_weights"]
+    assert record["file"] == "weights.safetensors" and len(record["sha256"]) == 64
+    resume = ["train", "mistral", "--preset", "tiny", "--no-progress", "--steps", "2", "--resume", str(out)]
+    assert nnspec(resume) == 1
+    assert "started from --weights" in capsys.readouterr().err
+    assert nnspec([*resume, "--weights", str(start)]) == 0
+
+
+def test_weights_of_another_shape_are_refused_before_training(tmp_path, capsys):
+    _, _ = dpo_run(tmp_path / "a", 1)
+    start = tmp_path / "a" / "run" / "checkpoints" / "step-000000001" / "weights.safetensors"
+    rc = nnspec(["train", "mistral", "--preset", "tiny", "--set", "layers=1", "--steps", "1", "--no-progress",
+                 "--weights", str(start), "--out", str(tmp_path / "b")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "do not match the spec" in err and "unexpected 'layers.1.mlp.down_proj.weight'" in err
+    assert not (tmp_path / "b" / "checkpoints").exists()

@@ -3,6 +3,7 @@
     nnspec train char_rnn --steps 600 --out runs/char_rnn
     nnspec train char_rnn --resume runs/char_rnn --steps 1200
     nnspec train char_rnn --set train.optimizer.lr=1e-3 --batch 64
+    nnspec train mistral -p tiny --weights sft.safetensors   start from (and, for DPO, compare with) these
     nnspec train char_rnn --nproc 2                     data parallel through torchrun
     nnspec train char_rnn --pipeline-stages 2 --microbatches 4 [--schedule gpipe|1f1b]
 
@@ -23,6 +24,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, help="optimizer steps in all (replaces the recipe's steps or epochs)")
     p.add_argument("--batch", type=positive_int, help="global batch size (replaces train.batch_size)")
     p.add_argument("--seed", type=int, help="seed of the initial weights, the data and dropout (train.seed)")
+    p.add_argument("--weights", metavar="W.safetensors",
+                   help="start from these weights instead of the seed's initialisation (a file `nnspec "
+                        "import-weights` writes, an artifact's weights.safetensors or a checkpoint's): fine-tuning, "
+                        "or DPO from a fine-tuned model, whose frozen reference they then are")
     p.add_argument("--out", "-o", metavar="RUN_DIR", help="run folder: run.json, metrics.jsonl, checkpoints/ "
                    "(default runs/SPEC[-PRESET])")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest complete "
@@ -61,6 +66,9 @@ def cmd_train(args) -> int:
                                          "`nnspec plan --memory` plans for them")
     if args.pipeline_stages and args.nproc > 1:
         raise argparse.ArgumentTypeError("--nproc (data parallel) and --pipeline-stages cannot be combined yet")
+    if args.weights and args.pipeline_stages:
+        raise argparse.ArgumentTypeError("--weights with --pipeline-stages is not supported yet: each stage builds "
+                                         "its own part of the model")
     if args.resume and args.out and Path(args.resume) != Path(args.out):
         raise argparse.ArgumentTypeError("--resume RUN_DIR continues in RUN_DIR: leave out --out")
     procs = args.pipeline_stages or args.nproc
@@ -88,12 +96,12 @@ def make_trainer(loaded, cfg, run_dir, world, args):
     options = {"remat_budget": args.remat} if args.remat else {}
     if world.mode == "ddp":
         from .distributed import ddp_trainer
-        return ddp_trainer(loaded, cfg, run_dir, world, args.microbatches, progress, options)
+        return ddp_trainer(loaded, cfg, run_dir, world, args.microbatches, progress, options, args.weights)
     if world.mode == "pipeline":
         from .pipeline import pipeline_trainer
         return pipeline_trainer(loaded, cfg, run_dir, world, args.microbatches, args.schedule, progress)
     return Trainer(loaded, cfg, run_dir, program=program_for(loaded, "torch", options=options),
-                   microbatches=args.microbatches, progress=progress)
+                   microbatches=args.microbatches, progress=progress, weights=args.weights)
 
 
 __all__ = ["add_train_args", "cmd_train", "default_run_dir"]

@@ -245,15 +245,15 @@ def sync_batchnorm_wanted() -> bool:
 
 
 def ddp_trainer(loaded, cfg, run_dir, world: World, microbatches: int = 1, progress: bool = True,
-                options: dict | None = None):
-    """The Trainer of one DDP rank: the whole module with the recipe's seed, wrapped in DDP.
-    `options`: PassContext options of the torch program (e.g. remat_budget)."""
+                options: dict | None = None, weights: str | None = None):
+    """The Trainer of one DDP rank: the whole module with the recipe's seed (or `weights`), wrapped
+    in DDP. `options`: PassContext options of the torch program (e.g. remat_budget)."""
     import torch
 
     from nnspec.runtime.compile import program_for
     from nnspec.targets.torch.build import build_module
 
-    from .loop import Trainer
+    from .loop import Trainer, initial_weights
 
     if cfg.batch_size < world.size:
         from nnspec.compiler.errors import SpecError
@@ -262,10 +262,13 @@ def ddp_trainer(loaded, cfg, run_dir, world: World, microbatches: int = 1, progr
     init_group(world)
     program = program_for(loaded, "torch", options=options)
     module = build_module(program, seed=cfg.seed)  # same seed on every rank: the same weights
+    if weights is not None:
+        initial_weights(module, program, weights)  # every rank reads the same file
     if sync_batchnorm_wanted():
         module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     engine = DDPEngine(module, world, microbatches)
-    trainer = Trainer(loaded, cfg, run_dir, program=program, world=world, engine=engine, progress=progress)
+    trainer = Trainer(loaded, cfg, run_dir, program=program, world=world, engine=engine, progress=progress,
+                      weights=weights, weights_loaded=True)
     engine.objective = trainer.objective
     return trainer
 

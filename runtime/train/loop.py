@@ -124,11 +124,33 @@ def total_steps(cfg: TrainSpec, task) -> int:
     return cfg.epochs * per
 
 
+def weights_record(path) -> dict:
+    """What run.json records of a --weights file: its name and sha256 (a resume must give the same)."""
+    from nnspec.targets.files import sha256_file
+    return {"file": Path(path).name, "sha256": sha256_file(path)}
+
+
+def initial_weights(module, program, path) -> dict:
+    """Load the weights file at `path` into `module`, every key, shape and dtype checked against the
+    program first (a LoweringError lists each mismatch); returns its run.json record."""
+    import numpy as np
+    import torch
+
+    from nnspec.targets.weights import check_weights, complete_tied, load_weights
+
+    arrays = load_weights(path, "--weights file")
+    check_weights(program, arrays, f"--weights '{path}'")
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in complete_tied(program, arrays).items()}
+    module.load_state_dict(state, strict=True)
+    return weights_record(path)
+
+
 class Trainer:
     """One training run of a loaded spec under a recipe (see the module docstring)."""
 
     def __init__(self, loaded, cfg: TrainSpec, run_dir, program=None, world: World | None = None,
-                 engine=None, microbatches: int = 1, progress: bool = True, log: bool = True):
+                 engine=None, microbatches: int = 1, progress: bool = True, log: bool = True,
+                 weights: str | None = None, weights_loaded: bool = False):
         from nnspec.runtime.compile import program_for
         from nnspec.targets.torch.build import build_module
 
@@ -142,8 +164,15 @@ class Trainer:
         if cfg.schedule.interval == "epoch" and self.per_epoch is None:
             raise SpecError(f"train.schedule.interval: task '{self.task.name}' has no epochs",
                             expected="interval: step")
+        self.weights = None  # the record of the --weights file the run starts from
         if engine is None:
-            engine = LocalEngine(build_module(self.program, seed=cfg.seed), self.objective, microbatches)
+            module = build_module(self.program, seed=cfg.seed)
+            if weights is not None:
+                self.weights = initial_weights(module, self.program, weights)
+            engine = LocalEngine(module, self.objective, microbatches)
+        elif weights is not None:  # an engine built by the caller, which loaded them (weights_loaded)
+            assert weights_loaded, "an engine built elsewhere must have loaded --weights itself"
+            self.weights = weights_record(weights)
         self.engine = engine
         if self.objective.reference_names:
             # DPO's reference is the model the run starts from, frozen: copied before any step (and
@@ -170,7 +199,8 @@ class Trainer:
                 "spec_file": Path(s.file).name, "preset": s.preset, "overrides": s.overrides,
                 "train_overrides": dict(s.train_overrides), "spec_sha256": s.sha256(),
                 "train": self.cfg.model_dump(mode="json"), "world": self.world.to_json(),
-                "task": {"name": self.task.name, "metric": self.task.metric}}
+                "task": {"name": self.task.name, "metric": self.task.metric},
+                "initial_weights": self.weights}
 
     def evaluate(self) -> dict:
         """Validation loss and metrics over the task's validation batches (eval mode, no grad)."""
