@@ -72,3 +72,26 @@ def test_bit_errors_per_sequence_equals_the_tasks_own_count():
     acc.add(0.0, {"logits": torch.from_numpy(logits), "targets": torch.from_numpy(y), "mask": torch.from_numpy(mask)})
     probs = 1 / (1 + np.exp(-logits))
     assert acc.result()["bit_errors_per_sequence"] == pytest.approx(bit_errors_per_sequence(probs, y, mask))
+
+
+def test_induction_accuracy_scores_head_zero_on_the_masked_positions():
+    targets = torch.tensor([[1, 2, 3, 1]])
+    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    head0 = one_hot_logits([[0, 0, 3, 2]], 4)  # wrong where unmasked (ignored), then right, wrong
+    head1 = one_hot_logits([[1, 2, 3, 1]], 4)  # the second head is not scored
+    acc = Accumulator(["induction_accuracy"])
+    acc.add(0.0, {"head_logits": torch.stack([head0, head1]), "targets": targets, "induction_mask": mask})
+    acc.add(0.0, {"logits": head1, "targets": targets, "induction_mask": mask})  # a one-head model: 2 of 2
+    assert acc.result()["induction_accuracy"] == pytest.approx(3 / 4)
+
+
+def test_preference_accuracy_counts_pairs_whose_policy_gains_on_the_chosen():
+    targets = torch.tensor([[0], [0], [0], [0]])  # rows 0, 1 chosen; 2, 3 their rejected
+    mask = torch.ones(4, 1)
+    ref = torch.zeros(4, 1, 2)
+    policy = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]).unsqueeze(1)
+    # pair 0: the chosen gains log-prob over the reference, the rejected does not -> right;
+    # pair 1: a tie -> not counted right
+    acc = Accumulator(["preference_accuracy"])
+    acc.add(0.0, {"logits": policy, "reference_logits": ref, "targets": targets, "response_mask": mask})
+    assert acc.result()["preference_accuracy"] == pytest.approx(0.5)

@@ -53,7 +53,9 @@ class Induction(Task):
         return {"ids": Slot("int64", ("N", self._len()), high=self.options.vocab)}
 
     def reads(self):
-        return {"targets": Slot("int64", ("N", self._len()), high=self.options.vocab)}
+        # induction_mask marks the targets a copy predicts (induction_positions): the metric's positions
+        return {"targets": Slot("int64", ("N", self._len()), high=self.options.vocab),
+                "induction_mask": Slot("float32", ("N", self._len()))}
 
     def make(self, rng, b):
         o = self.options
@@ -62,4 +64,7 @@ class Induction(Task):
         else:
             seg = rng.integers(0, o.vocab, size=(b, o.segment))
         x = np.concatenate([seg, seg], axis=1).astype(np.int64)
-        return {"ids": np.ascontiguousarray(x[:, :-1]), "targets": np.ascontiguousarray(x[:, 1:])}
+        mask = np.zeros((b, self._len()), np.float32)
+        mask[:, induction_positions(o.segment)] = 1.0
+        return {"ids": np.ascontiguousarray(x[:, :-1]), "targets": np.ascontiguousarray(x[:, 1:]),
+                "induction_mask": mask}

@@ -208,9 +208,12 @@ class Trainer:
         self.engine.train(False)
         try:
             for batch in self.task.eval_batches(self.cfg.batch_size, self.cfg.eval.batches):
-                loss, inputs = self.engine.evaluate(to_tensors(batch))
+                tensors = to_tensors(batch)
+                loss, inputs = self.engine.evaluate(tensors)
                 if loss is not None:
-                    acc.add(loss, inputs)
+                    # the loss's inputs (its map applied) first; the task's other arrays as they are
+                    # (a metric may need one the loss does not read: induction_mask)
+                    acc.add(loss, {**tensors, **inputs})
         finally:
             self.engine.train(True)
         return acc.result()

@@ -121,6 +121,14 @@ def _preference(inputs) -> tuple[float, int]:
     return float((ratio[:n] > ratio[n:2 * n]).sum()), n
 
 
+def _induction(inputs) -> tuple[float, int]:
+    """Right argmaxes of the next-token scores (a multi-token model's head 0) where `induction_mask`
+    is set: the repeated half of an induction sequence."""
+    scores = inputs["head_logits"][0] if "head_logits" in inputs else inputs["logits"]
+    mask = inputs["induction_mask"] > 0
+    return float(((scores.argmax(-1) == inputs["targets"]) & mask).sum()), int(mask.sum())
+
+
 METRICS: dict[str, Metric] = {
     "bits_per_char": Metric(("logits", "targets"), _token_ce, lambda m: m / LN2, "lower"),
     "perplexity": Metric(("logits", "targets"), _token_ce, lambda m: math.exp(min(m, 700.0)), "lower"),
@@ -132,6 +140,7 @@ METRICS: dict[str, Metric] = {
                                better="lower"),
     "bit_errors_per_sequence": Metric(("logits", "targets"), _bit_errors, better="lower"),
     "preference_accuracy": Metric(("logits", "reference_logits", "targets", "response_mask"), _preference),
+    "induction_accuracy": Metric(("targets", "induction_mask"), _induction, one_of=("head_logits", "logits")),
 }
 
 
