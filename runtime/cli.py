@@ -599,14 +599,16 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as e:
         print(f"nnspec: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `nnspec inspect mistral | head`: the reader has what it wanted
+        # stdout's last flush at exit would fail again: point it at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as e:  # a file the user named is missing or unwritable: their fix, not a bug
         where = f": {e.filename}" if e.filename else ""
         print(f"nnspec: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_SPEC
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return EXIT_OK
     except Exception as e:  # a bug in nnspec, not the user's fault: short message, traceback on request
         if os.environ.get("NNSPEC_DEBUG"):
             raise

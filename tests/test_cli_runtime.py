@@ -59,3 +59,17 @@ def test_verify_and_bench(spec, preset, capsys):
     assert by_target["torch"]["vs_torch"] == pytest.approx(1.0)
     assert by_target["onnx"]["median_ms"] > 0 and by_target["onnx"]["p90_ms"] >= by_target["onnx"]["median_ms"]
     assert by_target["onnx"]["gflops"] > 0
+
+
+def test_a_reader_that_stops_early_gets_no_error():
+    """`nnspec schema | head -1`: the closed pipe ends the command quietly, exit 0 (the schema's
+    280 kB are more than a pipe buffers, so the write after the close does fail)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "nnspec.runtime.cli", "schema"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline()
+    p.stdout.close()  # the reader leaves with most of the text still to come
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0 and err == "", err
