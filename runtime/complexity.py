@@ -23,6 +23,7 @@ scaled to its maximum), as one folder swapped in whole.
 from __future__ import annotations
 
 import gzip
+import sys
 
 import numpy as np
 
@@ -59,16 +60,14 @@ def mix(module, size: int, steps: int, calls: int, seed: int = 0, every: int = 1
     rng = np.random.default_rng(seed)
     state = torch.from_numpy(cream_on_top(size))
     out = {"step": [0], "entropy": [entropy_estimate(state[0].numpy())], "complexity": [], "final": None}
-    first = True
     for call in range(calls):
         coins = torch.from_numpy(rng.random((1, steps, 4, size, size), dtype=np.float32))
         with torch.no_grad():
             state, frames, coarse = module(state, coins)
-        if first:  # the start's coarse picture: the mean of the sorted cup over the same squares
-            grain = size // coarse.shape[-1]
-            start = cream_on_top(size)[0].reshape(size // grain, grain, size // grain, grain).mean((1, 3))
-            out["complexity"].append(complexity_estimate(start))
-            first = False
+        if call == 0:  # the start's coarse picture: the sorted cup's means over the same squares
+            g = size // coarse.shape[-1]
+            out["complexity"].append(complexity_estimate(cream_on_top(size)[0].reshape(size // g, g, size // g, g)
+                                                         .mean((1, 3))))
         for k in range(steps):
             t = call * steps + k + 1
             if t % every == 0:
@@ -83,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from nnspec.compiler import load
+    from nnspec.compiler.errors import NnspecError
     from nnspec.runtime.plot import curves_png
     from nnspec.targets.files import staged_folder
     from nnspec.targets.torch.build import build_module
@@ -97,15 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not 1 <= args.steps <= 10_000_000 or not 1 <= args.every <= args.steps:
         ap.error("--steps must be 1 .. 10,000,000 and --every 1 .. --steps")
-    program = load("coffee_automaton", args.preset)
-    p = program.spec.params
-    calls = -(-args.steps // p["steps"])
-    r = mix(build_module(program, seed=0).eval(), p["size"], p["steps"], calls, args.seed, args.every)
-    rows = ["step,entropy_bytes,complexity_bytes"] + [f"{t},{e},{c}" for t, e, c in
-                                                      zip(r["step"], r["entropy"], r["complexity"])]
-    with staged_folder(args.out, replace="empty") as tmp:
-        (tmp / "curves.csv").write_text("\n".join(rows) + "\n")
-        (tmp / "curves.png").write_bytes(curves_png(r["step"], [r["entropy"], r["complexity"]]))
+    try:
+        program = load("coffee_automaton", args.preset)
+        p = program.spec.params
+        calls = -(-args.steps // p["steps"])
+        r = mix(build_module(program, seed=0).eval(), p["size"], p["steps"], calls, args.seed, args.every)
+        rows = ["step,entropy_bytes,complexity_bytes"] + [f"{t},{e},{c}" for t, e, c in
+                                                          zip(r["step"], r["entropy"], r["complexity"])]
+        with staged_folder(args.out, replace="empty") as tmp:
+            (tmp / "curves.csv").write_text("\n".join(rows) + "\n")
+            (tmp / "curves.png").write_bytes(curves_png(r["step"], [r["entropy"], r["complexity"]]))
+    except NnspecError as e:  # an unknown preset, an --out folder that holds other files
+        print(e.render(), file=sys.stderr)
+        return 1
     peak = max(range(len(r["complexity"])), key=r["complexity"].__getitem__)
     print(f"{len(r['step'])} frames over {r['step'][-1]} steps: entropy {r['entropy'][0]} -> {r['entropy'][-1]} bytes; "
           f"complexity {r['complexity'][0]} -> {r['complexity'][peak]} (step {r['step'][peak]}) -> "

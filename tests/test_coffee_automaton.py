@@ -86,3 +86,15 @@ def test_signature_complexity_rises_and_falls_while_entropy_rises():
     late = cx[-10:].mean()
     assert 0.1 * len(cx) < peak < 0.6 * len(cx), (peak, cx)
     assert cx[peak] > 2 * cx[0] and cx[peak] > 2 * late, (cx[0], cx[peak], late)
+
+
+def test_the_command_writes_curves_and_reports_bad_input(tmp_path, capsys):
+    from nnspec.runtime.complexity import main
+
+    assert main(["-p", "small", "--steps", "100", "--every", "20", "-o", str(tmp_path / "out")]) == 0
+    rows = (tmp_path / "out" / "curves.csv").read_text().splitlines()
+    assert rows[0] == "step,entropy_bytes,complexity_bytes" and [r.split(",")[0] for r in rows[1:]] == \
+        ["0", "20", "40", "60", "80", "100"]
+    assert (tmp_path / "out" / "curves.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert main(["-p", "nope", "-o", str(tmp_path / "bad")]) == 1
+    assert "unknown preset 'nope'" in capsys.readouterr().err and not (tmp_path / "bad").exists()

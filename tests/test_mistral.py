@@ -165,7 +165,7 @@ def test_dpo_from_a_weights_file_starts_there_and_keeps_it_as_reference(tmp_path
     assert record["file"] == "weights.safetensors" and len(record["sha256"]) == 64
     resume = ["train", "mistral", "--preset", "tiny", "--no-progress", "--steps", "2", "--resume", str(out)]
     assert nnspec(resume) == 1
-    assert "started from --weights" in capsys.readouterr().err
+    assert "started from --weights" in capsys.readouterr().err  # and this resume does not give them
     assert nnspec([*resume, "--weights", str(start)]) == 0
 
 

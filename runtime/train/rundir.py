@@ -62,11 +62,12 @@ def _check_same(old: dict, new: dict, root: Path) -> None:
             raise RunError(f"'{root}' is a run of {key} {str(old.get(key))[:80]!r}, not {str(new.get(key))[:80]!r}",
                            hint="resume with the same spec, preset and --set params")
     if old.get("initial_weights") != new.get("initial_weights"):  # DPO's reference is those weights
-        was = old.get("initial_weights") or {}
+        was = old.get("initial_weights")
+        was = was if isinstance(was, dict) else {"file": "?"} if was else {}  # run.json is read as untrusted
         raise RunError(f"'{root}' started from "
                        + (f"--weights {str(was.get('file'))[:80]!r}" if was else "the seed's initial weights")
                        + ", and this resume " + ("gives other --weights" if new.get("initial_weights") and was
-                                                 else "does not" if was else "gives --weights"),
+                                                 else "does not give them" if was else "gives --weights"),
                        hint="resume with the --weights file the run started from (the same bytes), or none")
     a, b = old.get("train") or {}, new.get("train") or {}
     if not isinstance(a, dict):
