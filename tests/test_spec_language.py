@@ -108,6 +108,38 @@ def test_repeat_takes_constant_side_inputs(tmp_path):
     assert "'msk' is not an input of block 'layer'" in e.message
 
 
+CROSS = """\
+nnspec: 1
+name: t
+inputs: {x: {shape: [2, 3, 8]}, memory: {shape: [2, 5, 8]}, mask: {shape: [2, 1, 1, 5], dtype: bool}}
+blocks:
+  cross:
+    in: [x, memory, mask]
+    nodes:
+      attn: {op: multi_head_attention, in: [x, memory, mask], heads: 2}
+    out: attn
+  layer:
+    in: [x, memory, mask]
+    nodes:
+      norm: {op: layer_norm, in: x}
+      encoder_attn: {block: cross, in: [norm, memory, mask]}
+      res: {op: add, in: [x, encoder_attn]}
+    out: res
+nodes:
+  layers: {block: layer, in: x, const: {memory: memory, mask: mask}, repeat: 2}
+outputs: {y: layers}
+"""
+
+
+def test_a_block_of_three_inputs_inside_a_repeat_with_constants(tmp_path):
+    """A decoder layer's cross-attention as its own block: the repeat's constants (memory, mask)
+    reach the inner block's inputs of the same names in every instance, the chained input its x."""
+    p = load(spec(tmp_path, CROSS))
+    assert p.forward.inputs_of("layers.0.encoder_attn.attn") == [("layers.0.norm", 0), ("memory", 0), ("mask", 0)]
+    assert p.forward.inputs_of("layers.1.norm") == [("layers.0.res", 0)]
+    assert p.forward.inputs_of("layers.1.encoder_attn.attn")[1:] == [("memory", 0), ("mask", 0)]
+
+
 TIED = """\
 nnspec: 1
 name: t
