@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                                                           zip(r["step"], r["entropy"], r["complexity"])]
         with staged_folder(args.out, replace="empty") as tmp:
             (tmp / "curves.csv").write_text("\n".join(rows) + "\n")
-            (tmp / "curves.png").write_bytes(curves_png(r["step"], [r["entropy"], r["complexity"]]))
+            (tmp / "curves.png").write_bytes(curves_png(
+                r["step"], [r["entropy"], r["complexity"]], xlabel="automaton steps",
+                labels=("entropy estimate (gzip bytes, fine)", "complexity estimate (gzip bytes, coarse)")))
     except NnspecError as e:  # an unknown preset, an --out folder that holds other files
         print(e.render(), file=sys.stderr)
         return 1

@@ -1,9 +1,12 @@
-"""Plots as PNG files, drawn and encoded with the standard library alone (zlib, struct), so the
-commands that draw one need no plotting package:
+"""Plots as PNG files:
 
 - `loglog_png`: a sweep's points on log-log axes with its fitted power law (`nnspec sweep`);
-- `curves_png`: several series over one x axis, each scaled to its own range (the coffee
-  automaton's entropy and complexity over time).
+- `curves_png`: two series over one x axis, each on its own scale (the coffee automaton's entropy
+  and complexity over time).
+
+With matplotlib installed (`pip install 'nnspec[plot]'`) they are drawn by it, with labelled axes
+and a legend (Agg, no pyplot state); without it by `Canvas`, which draws and encodes with the
+standard library alone (zlib, struct): the same points and lines, no text.
 """
 from __future__ import annotations
 
@@ -75,6 +78,23 @@ class Canvas:
                 + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
 
 
+def _matplotlib():
+    """matplotlib's Figure and Agg canvas, or None where matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure, FigureCanvasAgg
+
+
+def _png_of(fig, canvas_cls) -> bytes:
+    import io
+    buf = io.BytesIO()
+    canvas_cls(fig).print_png(buf, metadata={"Software": None})  # no version stamp: the same bytes each run
+    return buf.getvalue()
+
+
 def _padded(lo, hi, frac: float, least: float):
     pad = (hi - lo) * frac or least
     return lo - pad, hi + pad
@@ -83,6 +103,27 @@ def _padded(lo, hi, frac: float, least: float):
 def loglog_png(n, loss, fit: dict | None, width: int = 480, height: int = 360) -> bytes:
     """The points (n, loss) on log-log axes with grey lines at the decades of n and, given a fit
     (`log_intercept`, `alpha_N`), its line log L = a - alpha log N."""
+    mpl = _matplotlib()
+    if mpl is not None:
+        Figure, Agg = mpl
+        fig = Figure(figsize=(6.4, 4.4), dpi=100)
+        ax = fig.add_subplot()
+        ax.loglog(n, loss, "s", color="tab:blue", label="final validation loss")
+        if fit is not None:
+            lo, hi = min(n) / 1.3, max(n) * 1.3
+            err = fit.get("alpha_N_stderr")
+            label = f"fit: alpha_N = {fit['alpha_N']:.4f}" + (f" +- {err:.4f}" if err is not None else "")
+            ax.loglog([lo, hi], [math.exp(fit["log_intercept"] - fit["alpha_N"] * math.log(x)) for x in (lo, hi)],
+                      "-", color="tab:red", label=label)
+        from matplotlib.ticker import FormatStrFormatter
+        for which in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            which(FormatStrFormatter("%.2f"))  # a loss spans less than a decade: plain numbers
+        ax.set_xlabel("non-embedding parameters N")
+        ax.set_ylabel("loss L (nats per token)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        return _png_of(fig, Agg)
     lx = [math.log(v) for v in n]
     ly = [math.log(v) for v in loss]
     c = Canvas(*_padded(min(lx), max(lx), 0.1, 0.5), *_padded(min(ly), max(ly), 0.1, 0.1), width, height)
@@ -97,8 +138,24 @@ def loglog_png(n, loss, fit: dict | None, width: int = 480, height: int = 360) -
     return c.png()
 
 
-def curves_png(x, series, colors=(BLUE, RED, GREEN), width: int = 640, height: int = 360) -> bytes:
-    """Each series of `series` (lists as long as x) as a line, scaled from 0 to its own maximum."""
+def curves_png(x, series, colors=(BLUE, RED, GREEN), width: int = 640, height: int = 360,
+               labels=(), xlabel: str = "") -> bytes:
+    """Each series of `series` (lists as long as x) as a line, scaled from 0 to its own maximum
+    (with matplotlib: the first on the left axis, the second on a right one, named by `labels`)."""
+    mpl = _matplotlib()
+    if mpl is not None and 1 <= len(series) <= 2:
+        Figure, Agg = mpl
+        fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+        ax = fig.add_subplot()
+        axes = [ax, ax.twinx()][:len(series)]
+        names = list(labels) + [""] * len(series)
+        for a, ys, color, name in zip(axes, series, ("tab:blue", "tab:red"), names):
+            a.plot(x, ys, color=color)
+            a.set_ylabel(name, color=color)
+            a.set_ylim(0, max(ys) * 1.05 or 1)
+        ax.set_xlabel(xlabel)
+        fig.tight_layout()
+        return _png_of(fig, Agg)
     c = Canvas(min(x), max(x), 0.0, 1.05, width, height)
     c.axes()
     for ys, color in zip(series, colors):
