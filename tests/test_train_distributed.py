@@ -91,10 +91,11 @@ def test_ddp_matches_single_process(tmp_path):
     assert latest_checkpoint(ddp).name == "step-000000020"
 
 
-def test_ddp_ranks_start_from_a_weights_file(tmp_path):
-    """`--nproc 2 --weights W`: every rank loads W (seed 7's weights, not the recipe's seed 0), so
-    the first step's loss, computed before any update, equals one process's from W (which the
-    single-process tests show loads W; W differs from the recipe's own initial weights)."""
+def test_ddp_ranks_and_pipeline_stages_start_from_a_weights_file(tmp_path):
+    """`--nproc 2 --weights W` and `--pipeline-stages 2 --weights W`: every rank loads W (seed 7's
+    weights, not the recipe's seed 0), each pipeline stage its part, so the first step's loss,
+    computed before any update, equals one process's from W (which the single-process tests show
+    loads W; W differs from the recipe's own initial weights)."""
     import nnspec.compiler as c
     from nnspec.compiler.spec.load import parse_overrides
     from nnspec.targets.torch.build import build_module
@@ -104,14 +105,17 @@ def test_ddp_ranks_start_from_a_weights_file(tmp_path):
     sets = [SMALL[i + 1] for i in range(len(SMALL) - 1) if SMALL[i] == "--set" and not SMALL[i + 1].startswith("train.")]
     module = build_module(c.load("char_rnn", None, parse_overrides(sets)), seed=7)
     start.write_bytes(save_weights({k: v.detach().numpy() for k, v in module.state_dict().items()}))
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    single, ddp, pipe = tmp_path / "single", tmp_path / "ddp", tmp_path / "pipe"
     train(single, "--set", "train.log_every=1", "--weights", str(start), steps=1)
     train(ddp, "--set", "train.log_every=1", "--nproc", "2", "--weights", str(start), steps=1)
-    first = {run: losses(run)[("train", 1)] for run in (single, ddp)}
-    assert abs(first[ddp] - first[single]) < TOL, first
+    train(pipe, "--set", "train.log_every=1", "--pipeline-stages", "2", "--microbatches", "2", "--weights", str(start),
+          steps=1)
+    first = {run: losses(run)[("train", 1)] for run in (single, ddp, pipe)}
+    assert abs(first[ddp] - first[single]) < TOL and abs(first[pipe] - first[single]) < TOL, first
     seed0 = build_module(c.load("char_rnn", None, parse_overrides(sets)), seed=0)
     assert any((a - b).abs().max() > 1e-3 for a, b in zip(seed0.state_dict().values(), module.state_dict().values()))
-    assert json.loads((ddp / "run.json").read_text())["initial_weights"]["file"] == "start.safetensors"
+    for run in (ddp, pipe):
+        assert json.loads((run / "run.json").read_text())["initial_weights"]["file"] == "start.safetensors"
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])

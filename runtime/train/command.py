@@ -66,9 +66,6 @@ def cmd_train(args) -> int:
                                          "`nnspec plan --memory` plans for them")
     if args.pipeline_stages and args.nproc > 1:
         raise argparse.ArgumentTypeError("--nproc (data parallel) and --pipeline-stages cannot be combined yet")
-    if args.weights and args.pipeline_stages:
-        raise argparse.ArgumentTypeError("--weights with --pipeline-stages is not supported yet: each stage builds "
-                                         "its own part of the model")
     if args.resume and args.out and Path(args.resume) != Path(args.out):
         raise argparse.ArgumentTypeError("--resume RUN_DIR continues in RUN_DIR: leave out --out")
     procs = args.pipeline_stages or args.nproc
@@ -99,7 +96,8 @@ def make_trainer(loaded, cfg, run_dir, world, args):
         return ddp_trainer(loaded, cfg, run_dir, world, args.microbatches, progress, options, args.weights)
     if world.mode == "pipeline":
         from .pipeline import pipeline_trainer
-        return pipeline_trainer(loaded, cfg, run_dir, world, args.microbatches, args.schedule, progress)
+        return pipeline_trainer(loaded, cfg, run_dir, world, args.microbatches, args.schedule, progress,
+                                args.weights)
     return Trainer(loaded, cfg, run_dir, program=program_for(loaded, "torch", options=options),
                    microbatches=args.microbatches, progress=progress, weights=args.weights)
 

@@ -325,6 +325,18 @@ class PipelineEngine:
         dist.barrier()
         return checkpoint_path(run_dir, step)
 
+    def load_initial(self, program, path) -> None:
+        """This stage's part of a whole-model weights file (`nnspec train --weights`), the whole file
+        checked against the whole model first: a stage's keys are whole-model keys, and a parameter
+        tied across stages loads the same array into each copy."""
+        from nnspec.targets.weights import check_weights, complete_tied, load_weights
+
+        arrays = load_weights(path, "--weights file")
+        check_weights(program, arrays, f"--weights '{path}'")
+        arrays = complete_tied(program, arrays)
+        self.stage.load_state_dict({k: torch.from_numpy(arrays[k].copy())  # writable, contiguous
+                                    for k in self.stage.state_dict()}, strict=True)
+
     def load(self, run_dir, optimizer, scheduler):
         from .checkpoint import Part, resume
 
@@ -371,8 +383,9 @@ def print_plan(program) -> None:
 
 
 def pipeline_trainer(loaded, cfg, run_dir, world: World, microbatches: int, schedule: str = "gpipe",
-                     progress: bool = True):
-    """The Trainer of one pipeline rank: stage `world.rank` of `world.size`, M micro-batches."""
+                     progress: bool = True, weights: str | None = None):
+    """The Trainer of one pipeline rank: stage `world.rank` of `world.size`, M micro-batches, from
+    the recipe's seed or from the whole-model weights file `weights` (each stage loads its part)."""
     from .loop import Trainer
 
     if cfg.batch_size % microbatches:
@@ -384,7 +397,10 @@ def pipeline_trainer(loaded, cfg, run_dir, world: World, microbatches: int, sche
     if world.main:
         print_plan(program)
     engine = PipelineEngine(program, world, microbatches, schedule, cfg.seed)
-    trainer = Trainer(loaded, cfg, run_dir, program=program, world=world, engine=engine, progress=progress)
+    if weights is not None:
+        engine.load_initial(program, weights)
+    trainer = Trainer(loaded, cfg, run_dir, program=program, world=world, engine=engine, progress=progress,
+                      weights=weights, weights_loaded=True)
     engine.objective = trainer.objective
     return trainer
 
