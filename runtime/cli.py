@@ -285,10 +285,19 @@ def cmd_compile(args) -> int:
     if prof is not None:  # its ids must be the program's (partition_pipeline checks them too for stages)
         from nnspec.compiler.cost import check_profile
         check_profile(program, prof)
-    meta = _meta(program, args, args.weights)
-    files = compile_artifacts(program, args.target, args.output, weights=args.weights, seed=args.seed,
-                              precision=args.precision, workspace_mb=args.workspace_mb, opt_level=args.opt_level,
-                              meta=meta)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = args.weights
+        if args.reference_keys:  # their file, renamed as `nnspec import-weights` would, then compiled
+            from nnspec.runtime.import_weights import import_weights
+            if not weights:
+                raise argparse.ArgumentTypeError("--reference-keys renames the --weights file: give one")
+            weights = os.path.join(tmp, "weights.safetensors")
+            import_weights(program, args.weights, weights)
+        meta = _meta(program, args, weights)
+        files = compile_artifacts(program, args.target, args.output, weights=weights, seed=args.seed,
+                                  precision=args.precision, workspace_mb=args.workspace_mb, opt_level=args.opt_level,
+                                  meta=meta)
     if meta:
         from nnspec.runtime.compile import meta_note
         print(f"note: --meta: {meta_note(args.target)}", file=sys.stderr)
@@ -480,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="W.safetensors|RUN_DIR",
                    help="trained weights, checked against the spec, to embed or ship: a safetensors file, a "
                         "checkpoint folder, or a run folder of `nnspec train` (its newest checkpoint)")
+    p.add_argument("--reference-keys", action="store_true",
+                   help="--weights is a safetensors file keyed as the spec's reference implementation saves it "
+                        "(torchvision, transformers): rename it by the spec's reference.keys first, as `nnspec "
+                        "import-weights` does, so their weights become the artifact in one command")
     p.add_argument("--seed", type=int, default=0, help="seed of initial weights when --weights is not given (default 0)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="TensorRT precision")
     p.add_argument("--workspace-mb", type=int, help="TensorRT workspace limit in MiB (default: TensorRT's own)")

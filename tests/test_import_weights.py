@@ -35,6 +35,18 @@ def test_torchvision_weights_through_onnx_equal_torchvision(tmp_path, capsys, sp
     with torch.no_grad():
         want = ref(x).numpy()
     assert np.max(np.abs(got - want)) < 1e-4
+    # the same in one command: compile renames their file itself
+    once = tmp_path / "once"
+    assert main(["compile", spec, "-p", preset, "--set", f"image_size={size}", "--target", "onnx", "-o", str(once),
+                 "--weights", str(tmp_path / "theirs.safetensors"), "--reference-keys"]) == 0
+    for name in ("model.onnx", "weights.safetensors"):
+        assert (once / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_reference_keys_needs_a_weights_file(tmp_path, capsys):
+    assert main(["compile", "resnet", "-p", "resnet18", "--target", "onnx", "-o", str(tmp_path / "a"),
+                 "--reference-keys"]) == 2
+    assert "--reference-keys renames the --weights file" in capsys.readouterr().err
 
 
 def test_mismatches_list_every_offending_key(tmp_path, capsys):
