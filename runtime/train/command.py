@@ -88,7 +88,7 @@ def make_trainer(loaded, cfg, run_dir, world, args):
     """The Trainer for this process: one process, a DDP rank, or a pipeline stage's rank."""
     from nnspec.runtime.compile import program_for
 
-    from .loop import Trainer
+    from .loop import Trainer, start_weights
     progress = not args.no_progress
     options = {"remat_budget": args.remat} if args.remat else {}
     if world.mode == "ddp":
@@ -98,8 +98,9 @@ def make_trainer(loaded, cfg, run_dir, world, args):
         from .pipeline import pipeline_trainer
         return pipeline_trainer(loaded, cfg, run_dir, world, args.microbatches, args.schedule, progress,
                                 args.weights)
-    return Trainer(loaded, cfg, run_dir, program=program_for(loaded, "torch", options=options),
-                   microbatches=args.microbatches, progress=progress, weights=args.weights)
+    program = program_for(loaded, "torch", options=options)
+    return Trainer(loaded, cfg, run_dir, program=program, microbatches=args.microbatches, progress=progress,
+                   start=start_weights(program, args.weights) if args.weights else None)
 
 
 __all__ = ["add_train_args", "cmd_train", "default_run_dir"]

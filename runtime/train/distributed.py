@@ -251,9 +251,9 @@ def ddp_trainer(loaded, cfg, run_dir, world: World, microbatches: int = 1, progr
     import torch
 
     from nnspec.runtime.compile import program_for
-    from nnspec.targets.torch.build import build_module
+    from nnspec.targets.torch.build import build_module, load_arrays
 
-    from .loop import Trainer, initial_weights
+    from .loop import Trainer, start_weights
 
     if cfg.batch_size < world.size:
         from nnspec.compiler.errors import SpecError
@@ -262,13 +262,14 @@ def ddp_trainer(loaded, cfg, run_dir, world: World, microbatches: int = 1, progr
     init_group(world)
     program = program_for(loaded, "torch", options=options)
     module = build_module(program, seed=cfg.seed)  # same seed on every rank: the same weights
-    if weights is not None:
-        initial_weights(module, program, weights)  # every rank reads the same file
+    start = start_weights(program, weights) if weights is not None else None
+    if start is not None:
+        load_arrays(module, program, start[0])  # every rank reads the same file
     if sync_batchnorm_wanted():
         module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     engine = DDPEngine(module, world, microbatches)
     trainer = Trainer(loaded, cfg, run_dir, program=program, world=world, engine=engine, progress=progress,
-                      weights=weights, weights_loaded=True)
+                      start=start)
     engine.objective = trainer.objective
     return trainer
 

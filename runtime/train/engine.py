@@ -33,7 +33,7 @@ class Objective:
 
     @property
     def reference_names(self) -> list[str]:
-        return [f"reference_{n}" for n in self.output_names] if getattr(self.loss, "reference", False) else []
+        return [f"reference_{n}" for n in self.output_names] if self.loss.reference else []
 
     def freeze_reference(self, module) -> None:
         """Keep a frozen copy of `module` as it is now (the run's starting weights) as the reference."""

@@ -124,25 +124,16 @@ def total_steps(cfg: TrainSpec, task) -> int:
     return cfg.epochs * per
 
 
-def weights_record(path) -> dict:
-    """What run.json records of a --weights file: its name and sha256 (a resume must give the same)."""
+def start_weights(program, path) -> tuple[dict, dict]:
+    """The `--weights` file: its arrays, every key, shape and dtype checked against the program (a
+    LoweringError lists each mismatch), and what run.json records of it (name and sha256: a resume
+    must give the same bytes)."""
     from nnspec.targets.files import sha256_file
-    return {"file": Path(path).name, "sha256": sha256_file(path)}
-
-
-def initial_weights(module, program, path) -> dict:
-    """Load the weights file at `path` into `module`, every key, shape and dtype checked against the
-    program first (a LoweringError lists each mismatch); returns its run.json record."""
-    import numpy as np
-    import torch
-
-    from nnspec.targets.weights import check_weights, complete_tied, load_weights
+    from nnspec.targets.weights import check_weights, load_weights
 
     arrays = load_weights(path, "--weights file")
     check_weights(program, arrays, f"--weights '{path}'")
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in complete_tied(program, arrays).items()}
-    module.load_state_dict(state, strict=True)
-    return weights_record(path)
+    return arrays, {"file": Path(path).name, "sha256": sha256_file(path)}
 
 
 class Trainer:
@@ -150,9 +141,9 @@ class Trainer:
 
     def __init__(self, loaded, cfg: TrainSpec, run_dir, program=None, world: World | None = None,
                  engine=None, microbatches: int = 1, progress: bool = True, log: bool = True,
-                 weights: str | None = None, weights_loaded: bool = False):
+                 start: tuple[dict, dict] | None = None):
         from nnspec.runtime.compile import program_for
-        from nnspec.targets.torch.build import build_module
+        from nnspec.targets.torch.build import build_module, load_arrays
 
         self.loaded, self.cfg, self.run_dir = loaded, cfg, Path(run_dir)
         self.world = world or World()
@@ -164,15 +155,14 @@ class Trainer:
         if cfg.schedule.interval == "epoch" and self.per_epoch is None:
             raise SpecError(f"train.schedule.interval: task '{self.task.name}' has no epochs",
                             expected="interval: step")
-        self.weights = None  # the record of the --weights file the run starts from
+        # start: start_weights() of the --weights file, loaded here into the module this builds, or
+        # already by the caller that built `engine`; its record goes into run.json
+        self.weights = start[1] if start is not None else None
         if engine is None:
             module = build_module(self.program, seed=cfg.seed)
-            if weights is not None:
-                self.weights = initial_weights(module, self.program, weights)
+            if start is not None:
+                load_arrays(module, self.program, start[0])
             engine = LocalEngine(module, self.objective, microbatches)
-        elif weights is not None:  # an engine built by the caller, which loaded them (weights_loaded)
-            assert weights_loaded, "an engine built elsewhere must have loaded --weights itself"
-            self.weights = weights_record(weights)
         self.engine = engine
         if self.objective.reference_names:
             # DPO's reference is the model the run starts from, frozen: copied before any step (and

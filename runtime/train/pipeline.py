@@ -92,15 +92,17 @@ def load_stage_classes(program):
     return load_source(src, f"nnspec_stages_{program.spec.name}_{digest}"), cls
 
 
-def build_stage(program, mod, index: int, seed: int):
-    """Stage `index` alone, with its slice of the IR's initial weights for `seed` (ties completed)."""
+def build_stage(program, mod, index: int, seed: int, arrays: dict | None = None):
+    """Stage `index` alone, with its slice of the whole-model `arrays` (`nnspec train --weights`) or
+    of the IR's initial weights for `seed`, ties completed (a parameter tied across stages loads the
+    same array into each copy)."""
     from nnspec.targets.initialise import initial_weights
     from nnspec.targets.weights import complete_tied
 
     cls = mod.STAGES[index]
     torch.manual_seed(seed)
     stage = cls()
-    arrays = complete_tied(program, initial_weights(program, seed))
+    arrays = complete_tied(program, arrays if arrays is not None else initial_weights(program, seed))
     stage.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(cls.prefixes)},
                           strict=True)
     return stage
@@ -153,7 +155,8 @@ class PipelineEngine:
 
     whole_model = False  # each rank holds one stage
 
-    def __init__(self, program, world: World, microbatches: int, schedule: str, seed: int):
+    def __init__(self, program, world: World, microbatches: int, schedule: str, seed: int,
+                 arrays: dict | None = None):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
         if schedule not in SCHEDULES:
@@ -164,7 +167,7 @@ class PipelineEngine:
         mod, root = load_stage_classes(program)
         _check_chain(mod)
         self.layout = WholeLayout(mod, root)
-        self.stage = build_stage(program, mod, self.rank, seed)
+        self.stage = build_stage(program, mod, self.rank, seed, arrays)
         self.inputs = type(self.stage).inputs
         self.wrapper = StageModule(self.stage, self.last)
         self.named = [(n, p) for n, p in self.stage.named_parameters() if p.requires_grad]
@@ -325,18 +328,6 @@ class PipelineEngine:
         dist.barrier()
         return checkpoint_path(run_dir, step)
 
-    def load_initial(self, program, path) -> None:
-        """This stage's part of a whole-model weights file (`nnspec train --weights`), the whole file
-        checked against the whole model first: a stage's keys are whole-model keys, and a parameter
-        tied across stages loads the same array into each copy."""
-        from nnspec.targets.weights import check_weights, complete_tied, load_weights
-
-        arrays = load_weights(path, "--weights file")
-        check_weights(program, arrays, f"--weights '{path}'")
-        arrays = complete_tied(program, arrays)
-        self.stage.load_state_dict({k: torch.from_numpy(arrays[k].copy())  # writable, contiguous
-                                    for k in self.stage.state_dict()}, strict=True)
-
     def load(self, run_dir, optimizer, scheduler):
         from .checkpoint import Part, resume
 
@@ -386,7 +377,7 @@ def pipeline_trainer(loaded, cfg, run_dir, world: World, microbatches: int, sche
                      progress: bool = True, weights: str | None = None):
     """The Trainer of one pipeline rank: stage `world.rank` of `world.size`, M micro-batches, from
     the recipe's seed or from the whole-model weights file `weights` (each stage loads its part)."""
-    from .loop import Trainer
+    from .loop import Trainer, start_weights
 
     if cfg.batch_size % microbatches:
         # the stages' receive buffers are shaped once, from the first micro-batch
@@ -396,11 +387,10 @@ def pipeline_trainer(loaded, cfg, run_dir, world: World, microbatches: int, sche
     program = stage_program(loaded, cfg, world.size, microbatches)
     if world.main:
         print_plan(program)
-    engine = PipelineEngine(program, world, microbatches, schedule, cfg.seed)
-    if weights is not None:
-        engine.load_initial(program, weights)
+    start = start_weights(program, weights) if weights is not None else None
+    engine = PipelineEngine(program, world, microbatches, schedule, cfg.seed, start[0] if start else None)
     trainer = Trainer(loaded, cfg, run_dir, program=program, world=world, engine=engine, progress=progress,
-                      weights=weights, weights_loaded=True)
+                      start=start)
     engine.objective = trainer.objective
     return trainer
 
